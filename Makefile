@@ -1,0 +1,33 @@
+# `make repro` / `make test` work on a fresh machine: they create .venv on first use.
+SHELL := /bin/bash
+VENV := .venv
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+# Stage commands in dvc.yaml call `python -m stages.<name>`: put the venv first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv repro test ui bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+repro: venv
+	dvc repro
+
+test: venv
+	python -m pytest
+
+# MLflow UI on the project's store, loopback only, one worker (about 0.5 GB of RAM).
+ui: venv
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port 5000 --workers 1 \
+	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
+
+bench: venv
+	for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from mobileast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,20 @@
+"""`python -m mobileast <command> ...`: user-facing commands."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "complexity": ("mobileast.complexity", "params, MACs and parameter memory of a model"),
+    "predict": ("mobileast.predict", "scene label and class probabilities for WAV files"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: python -m mobileast <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0

@@ -1,0 +1,80 @@
+"""Project root, params.yaml loading and small helpers shared by all stages."""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+SCENES = (
+    "airport", "bus", "metro", "metro_station", "park",
+    "public_square", "shopping_mall", "street_pedestrian", "street_traffic", "tram",
+)
+DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
+UNSEEN_DEVICES = ("s4", "s5", "s6")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The directory holding dvc.yaml, searched upwards from `start` (default: cwd)."""
+    here = Path(start or os.getcwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no dvc.yaml found in {here} or any parent directory")
+
+
+def load_params(path: str | Path | None = None) -> dict[str, Any]:
+    """Read params.yaml (default: the one at the project root)."""
+    path = Path(path) if path else project_root() / "params.yaml"
+    with open(path) as f:
+        params = yaml.safe_load(f)
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'dkd': {'alpha': 1}} -> {'dkd.alpha': 1}, as DVC and MLflow name params."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` (file or directory) to write to.
+
+    On success the temporary is renamed onto `path` (replacing an old output in one
+    step); on any error it is deleted, so an interrupted stage leaves no partial
+    output and the previous output, if any, stays intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
