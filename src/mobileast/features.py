@@ -58,12 +58,15 @@ class LogMel(nn.Module):
         self.register_buffer("mel_banks", kaldi_mel_banks(n_mels, n_fft, sample_rate, f_min, f_max),
                              persistent=False)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        n_frames = wave.shape[-1] // self.hop_length
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """Pre-emphasised power spectrogram (B, n_fft // 2 + 1, 1 + (T - 1) // hop)."""
         x = wave[..., 1:] - self.preemphasis * wave[..., :-1]  # (B, T - 1)
         spec = torch.stft(x, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                           window=self.window, center=True, return_complex=True)  # (B, F, frames)
-        power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(self.mel_banks, power)  # (B, n_mels, frames)
+        return spec.real.square() + spec.imag.square()
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        n_frames = wave.shape[-1] // self.hop_length
+        mel = torch.matmul(self.mel_banks, self.power(wave))  # (B, n_mels, frames)
         logmel = (torch.log(mel + 1e-5) + 4.5) / 5.0
         return logmel[..., :n_frames].unsqueeze(1)  # (B, 1, n_mels, n_frames)
