@@ -1,0 +1,156 @@
+"""Deployed models: TorchScript files that run without the training code.
+
+A deployed model is the classifier without its log-mel frontend, taking
+(B, 1, n_mels, frames) and returning (B, n_classes) logits, saved with
+torch.jit.save and a "meta.json" extra file {"features": LogMel kwargs,
+"classes": [...], "arch": ..., "quantized": bool} (the project contract), so a
+user needs only torch to rebuild the frontend and run it. The `quantize` stage
+writes one; `evaluate` and `predict` read it with `load_model_any`, which also
+accepts a float training checkpoint.
+
+Optional meta key "input": "waveform" marks a model that takes the waveform
+(B, samples) and computes its own features (the PaSST teacher); meta["features"]
+then still gives its sample rate. Absent or "logmel": the model takes LogMel output.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from mobileast.config import atomic_output
+from mobileast.features import LogMel
+
+META_FILE = "meta.json"
+REQUIRED_META = ("features", "classes")
+CHECKPOINT_KEYS = ("arch", "config", "state_dict", "features", "classes")
+
+
+def feature_args(features: Mapping[str, Any]) -> dict[str, Any]:
+    """All LogMel kwargs: meta["features"] completed with LogMel's defaults."""
+    defaults = {k: p.default for k, p in inspect.signature(LogMel).parameters.items()}
+    return {**defaults, **features}
+
+
+def takes_waveform(meta: Mapping[str, Any]) -> bool:
+    """True for a model with its own frontend (meta "input": "waveform")."""
+    kind = meta.get("input", "logmel")
+    if kind not in ("logmel", "waveform"):
+        raise ValueError(f'meta "input" must be "logmel" or "waveform", got {kind!r}')
+    return kind == "waveform"
+
+
+def frontend_for(meta: Mapping[str, Any]) -> nn.Module:
+    """What turns a waveform batch (B, samples) into the model's input, in eval mode."""
+    return nn.Identity() if takes_waveform(meta) else LogMel(**meta["features"]).eval()
+
+
+def input_shape(meta: Mapping[str, Any]) -> tuple[int, ...]:
+    """Model input shape of one 1 s clip without the batch: (1, n_mels, frames) or (samples,)."""
+    f = feature_args(meta["features"])
+    if takes_waveform(meta):
+        return (int(f["sample_rate"]),)
+    return 1, int(f["n_mels"]), int(f["sample_rate"]) // int(f["hop_length"])
+
+
+def save_deployed(model: nn.Module, path: str | Path, meta: Mapping[str, Any]) -> None:
+    """Trace `model` (switched to eval mode) and save it as TorchScript with `meta`, atomically.
+
+    Tracing rather than scripting: it handles both eager float models and FX-quantized
+    GraphModules whatever Python they use. A trace records one execution, so it is
+    traced at batch 2 and checked at batches 1 and 3 (torch.jit.trace check_inputs):
+    a model whose trace bakes in the batch size fails here, not at evaluation.
+    The input size is fixed to 1 s clips (`input_shape(meta)`).
+    """
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"meta lacks {missing} (needed to rebuild the frontend and name classes)")
+    meta_json = json.dumps(dict(meta))
+    shape = input_shape(meta)
+    gen = torch.Generator().manual_seed(0)
+    example, *checks = (torch.randn(b, *shape, generator=gen) for b in (2, 1, 3))
+    model.eval()
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example, check_inputs=[(c,) for c in checks])
+    except torch.jit.TracingCheckError as e:
+        raise ValueError(f"cannot deploy {type(model).__name__} to {path}: its trace changes with "
+                         f"the batch size (Python ints from tensor shapes or values?): "
+                         f"{_first_line(e)}") from e
+    with atomic_output(path) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={META_FILE: meta_json})
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """True for a torch.jit.save archive (has constants.pkl), False for torch.save files."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def load_deployed(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a deployed TorchScript model on the CPU in eval mode, with its meta dict."""
+    path = _existing(path)
+    extra = {META_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # torch raises RuntimeError, zip and pickle errors alike
+        raise ValueError(f"{path}: not a loadable TorchScript model ({_first_line(e)})") from e
+    if not extra[META_FILE]:
+        raise ValueError(f"{path}: TorchScript model without {META_FILE}; save it with "
+                         f"mobileast.deploy.save_deployed")
+    try:
+        meta = json.loads(extra[META_FILE])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid {META_FILE} ({e})") from e
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: {META_FILE} lacks {missing}")
+    return module.eval(), meta
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the float model of a training checkpoint (contract format) in eval mode.
+
+    Checkpoints are pickles with engine state (optimizer, RNG states), so they are
+    loaded with weights_only=False: load only checkpoints you trust.
+    """
+    path = _existing(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, bad pickle, not a torch file at all
+        raise ValueError(f"{path}: not a loadable model or checkpoint ({_first_line(e)})") from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a training checkpoint (lacks {missing})")
+    from mobileast.models import build_model  # lazy: deployed models need no model code
+
+    model = build_model(ckpt["arch"], ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    meta = {"features": ckpt["features"], "classes": list(ckpt["classes"]),
+            "arch": ckpt["arch"], "quantized": False, "input": ckpt.get("input", "logmel")}
+    return model.eval(), meta
+
+
+def load_model_any(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A deployed TorchScript model or a training checkpoint -> (model in eval mode, meta)."""
+    path = _existing(path)
+    return load_deployed(path) if is_torchscript(path) else load_checkpoint_model(path)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    return path
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,190 @@
+"""Evaluation reports from the metrics dicts of mobileast.metrics.evaluate_predictions.
+
+`results` maps a model name (e.g. "student_float", "student_int8", "teacher") to its
+metrics dict; all models are evaluated on the same fold. Written, each atomically:
+- a small metrics JSON for DVC (`dvc metrics show/diff`, `dvc exp show`): per model
+  the headline numbers only (SUMMARY_KEYS);
+- per model a confusion-matrix plot data file (CSV, one row "actual,predicted" per
+  clip, the input of DVC's `confusion` template) and the same matrix as a PNG;
+- reports/results.md: overall, per-device (seen and unseen apart) and per-class tables.
+`plot_history` turns a training history CSV into a PNG. Every plot exists as a PNG,
+because `dvc plots show` renders HTML that loads its charting library from the
+internet. Figures use matplotlib's object API (no pyplot, no global backend state).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mobileast.config import atomic_output
+
+SUMMARY_KEYS = ("accuracy", "macro_accuracy", "log_loss", "accuracy_seen", "accuracy_unseen")
+Results = Mapping[str, Mapping[str, Any]]
+
+
+def summary(results: Results, digits: int = 5) -> dict[str, dict[str, float]]:
+    """{model: {accuracy, macro_accuracy, log_loss, accuracy_seen, accuracy_unseen}}, rounded.
+
+    A figure without clips (e.g. accuracy_unseen when every device was seen) is left
+    out rather than written as null, which `dvc metrics diff` cannot compare.
+    """
+    return {name: {k: round(r[k], digits) for k in SUMMARY_KEYS if r.get(k) is not None}
+            for name, r in results.items()}
+
+
+def write_metrics(results: Results, path: str | Path) -> None:
+    """The DVC metrics JSON (`summary`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(summary(results), indent=2) + "\n")
+
+
+def write_confusion_csv(result: Mapping[str, Any], path: str | Path) -> None:
+    """Confusion matrix as DVC plot data: header "actual,predicted", one row per clip."""
+    classes = result["classes"]
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["actual", "predicted"])
+        for i, row in enumerate(result["confusion_matrix"]):
+            for j, count in enumerate(row):
+                writer.writerows([(classes[i], classes[j])] * count)
+
+
+def plot_confusion(result: Mapping[str, Any], path: str | Path, title: str) -> None:
+    """Confusion matrix PNG: colour = share of the true class's clips, text = clip count."""
+    classes = result["classes"]
+    cm = np.asarray(result["confusion_matrix"])
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig = Figure(figsize=(2.5 + 0.6 * n, 2 + 0.55 * n))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of true class")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"{title}: accuracy {_pct(result['accuracy'])}, macro {_pct(result['macro_accuracy'])}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_history(csv_path: str | Path, png_path: str | Path, title: str = "training") -> None:
+    """Training curves PNG from a per-epoch history CSV (as mobileast.train writes).
+
+    x = the `epoch` column (else the row number); one panel per quantity, with its
+    train_/val_ variants on the same axes (e.g. train_loss and val_loss together).
+    """
+    history = pd.read_csv(csv_path)
+    if history.empty:
+        raise ValueError(f"{csv_path}: empty training history")
+    x = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
+    panels: dict[str, list[str]] = {}
+    for column in history.columns:
+        if column != "epoch" and pd.api.types.is_numeric_dtype(history[column]):
+            panels.setdefault(column.removeprefix("train_").removeprefix("val_"), []).append(column)
+    if not panels:
+        raise ValueError(f"{csv_path}: no numeric columns to plot besides epoch")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (name, columns) in zip(axes, panels.items()):
+        for column in columns:
+            ax.plot(x, history[column], marker=".", label=column)
+        ax.set_title(name if len(columns) > 1 else columns[0])
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if len(columns) > 1:
+            ax.legend()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, png_path)
+
+
+def results_markdown(results: Results, figures: Mapping[str, str] | None = None) -> str:
+    """reports/results.md text: overall, per-device and per-class tables (+ figure links)."""
+    names = list(results)
+    first = results[names[0]]
+    seen, unseen = first["seen_devices"], first["unseen_devices"]
+    head = "| " + " | ".join(names) + " |"
+    rule = "|---:" * len(names) + "|"
+
+    def cells(get) -> str:
+        return " | ".join(get(results[n]) for n in names)
+
+    lines = [
+        "# Evaluation results", "",
+        f"Evaluate fold: {first['n_clips']} one-second clips. Devices seen in training: "
+        f"{', '.join(seen) or 'none'}; unseen: {', '.join(unseen) or 'none'}. "
+        "Macro accuracy is the mean of the per-class accuracies (the DCASE ranking metric); "
+        "every clip is classified on its own (no averaging over its recording).", "",
+        "## Overall", "",
+        "| model | accuracy | macro accuracy | log loss | seen devices | unseen devices |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {n} | {_pct(r['accuracy'])} | {_pct(r['macro_accuracy'])} | {_num(r['log_loss'])} | "
+          f"{_pct(r['accuracy_seen'])} | {_pct(r['accuracy_unseen'])} |" for n, r in results.items()),
+        "", "## Accuracy per device", "",
+        f"| device | clips {head}", f"|---|---:{rule}",
+    ]
+    for label, devices, key in (("seen", seen, "accuracy_seen"), ("unseen", unseen, "accuracy_unseen")):
+        if not devices:
+            continue
+        lines += [f"| {d} ({label}) | {first['per_device'][d]['n_clips']} | "
+                  f"{cells(lambda r: _pct(r['per_device'].get(d, {}).get('accuracy')))} |" for d in devices]
+        n_clips = sum(first["per_device"][d]["n_clips"] for d in devices)
+        lines.append(f"| **all {label}** | {n_clips} | {cells(lambda r: _pct(r[key]))} |")
+    lines += ["", "## Accuracy per class", "", f"| class | clips {head}", f"|---|---:{rule}"]
+    lines += [f"| {c} | {first['per_class'][c]['n_clips']} | "
+              f"{cells(lambda r: _pct(r['per_class'][c]['accuracy']))} |" for c in first["classes"]]
+    if figures:
+        lines += ["", "## Confusion matrices", ""]
+        lines += [f"![{name}]({target})" for name, target in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: Results, reports_dir: str | Path, metrics_path: str | Path) -> dict[str, Path]:
+    """Write every evaluation output; returns {name: path} of what was written.
+
+    Files: `metrics_path`; in `reports_dir`: confusion_<model>.csv (DVC plot data),
+    confusion_<model>.png and results.md.
+    """
+    reports_dir = Path(reports_dir)
+    written = {"metrics": Path(metrics_path)}
+    write_metrics(results, metrics_path)
+    for name, result in results.items():
+        written[f"confusion_{name}_csv"] = reports_dir / f"confusion_{name}.csv"
+        written[f"confusion_{name}_png"] = reports_dir / f"confusion_{name}.png"
+        write_confusion_csv(result, written[f"confusion_{name}_csv"])
+        plot_confusion(result, written[f"confusion_{name}_png"], name)
+    written["results_md"] = reports_dir / "results.md"
+    figures = {name: f"confusion_{name}.png" for name in results}
+    with atomic_output(written["results_md"]) as tmp:
+        tmp.write_text(results_markdown(results, figures))
+    return written
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

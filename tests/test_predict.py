@@ -1,0 +1,139 @@
+"""The predict command on a tiny deployed model: sample rates, channels, bad files, output."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from mobileast import deploy, predict
+from mobileast.cli import main as cli_main
+
+RATE = 16000
+FEATURES = {"sample_rate": RATE, "n_fft": 512, "win_length": 400, "hop_length": 250, "n_mels": 30}
+CLASSES = ["low", "mid", "high"]
+
+
+class BandEnergy(nn.Module):
+    """Logits = the loudest mel band (time-averaged log-mel) in each of the low, middle and
+    high third of the bands: a model whose answer depends on the input's spectrum."""
+
+    def forward(self, x):
+        return x.mean(dim=3).reshape(x.shape[0], 3, 10).amax(dim=2)
+
+
+def tone(seconds, rate, freq=440.0, channels=1):
+    """An amplitude-modulated sine, shape (samples, channels): the same analytic signal
+    at every sample rate."""
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
+    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "band.pt"
+    meta = {"features": FEATURES, "classes": CLASSES, "arch": "band", "quantized": False}
+    deploy.save_deployed(BandEnergy(), path, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(model_path):
+    model, meta = deploy.load_deployed(model_path)
+    return model, deploy.frontend_for(meta), meta
+
+
+def test_split_clips():
+    clip, tail = 100, 50
+    for n, expected in [(30, [0]), (300, [0, 100, 200]), (340, [0, 100, 200]), (350, [0, 100, 200, 250])]:
+        wave = np.arange(1, n + 1, dtype=np.float32)
+        clips, starts = predict.split_clips(wave, clip, tail)
+        assert starts.tolist() == expected
+        for c, s in zip(clips, starts):  # slow obvious reference
+            want = [wave[i] if i < n else 0.0 for i in range(s, s + clip)]
+            np.testing.assert_array_equal(c, want)
+
+
+def test_logits_for_clips_int16_and_batches(loaded):
+    model, frontend, _ = loaded
+    clips = (np.random.default_rng(0).normal(size=(5, RATE)) * 3000).astype(np.int16)
+    expected = model(frontend(torch.from_numpy(clips.astype(np.float32) / 32768))).detach().numpy()
+    np.testing.assert_allclose(predict.logits_for_clips(model, frontend, clips, batch_size=2),
+                               expected, rtol=1e-5, atol=1e-6)
+
+
+def test_file_result_is_mean_of_clip_probabilities(tmp_path, loaded):
+    model, frontend, meta = loaded
+    sf.write(tmp_path / "a.wav", tone(2.7, RATE, 440.0), RATE)
+    result = predict.predict_file(tmp_path / "a.wav", model, frontend, meta)
+    assert [s["start_s"] for s in result["seconds"]] == [0.0, 1.0, 1.7]
+    assert result["duration_s"] == 2.7 and result["channels"] == 1 and result["sample_rate"] == RATE
+    mean = np.mean([[s["probabilities"][c] for c in CLASSES] for s in result["seconds"]], axis=0)
+    np.testing.assert_allclose([result["probabilities"][c] for c in CLASSES], mean, atol=1e-5)
+    assert result["label"] == CLASSES[int(np.argmax(mean))]
+
+
+@pytest.mark.parametrize("freq, label", [(440.0, "low"), (1500.0, "mid"), (5000.0, "high")])
+def test_48k_stereo_matches_16k_mono(tmp_path, loaded, freq, label):
+    model, frontend, meta = loaded
+    sf.write(tmp_path / "mono16.wav", tone(3.0, RATE, freq), RATE)
+    stereo = tone(3.0, 48000, freq, channels=2)
+    stereo[:, 1] *= 0.5  # downmix = mean of channels = 0.75 x the tone
+    sf.write(tmp_path / "stereo48.wav", stereo / 0.75, 48000, subtype="FLOAT")
+    mono = predict.predict_file(tmp_path / "mono16.wav", model, frontend, meta)
+    st = predict.predict_file(tmp_path / "stereo48.wav", model, frontend, meta)
+    assert st["channels"] == 2 and st["sample_rate"] == 48000 and len(st["seconds"]) == 3
+    assert mono["label"] == st["label"] == label  # a wrong rate would move the tone's band
+    for c in CLASSES:  # same signal up to resampling error
+        assert st["probabilities"][c] == pytest.approx(mono["probabilities"][c], abs=2e-3)
+
+
+def test_main_reports_bad_files_and_predicts_the_others(tmp_path, model_path, capsys):
+    sf.write(tmp_path / "good.wav", tone(2.0, 44100, channels=2), 44100)
+    sf.write(tmp_path / "short.wav", tone(0.3, 22050), 22050)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    sf.write(tmp_path / "silent.wav", np.zeros(0, dtype=np.float32), RATE)
+    files = [tmp_path / n for n in ["good.wav", "corrupt.wav", "empty.wav", "missing.wav",
+                                    "silent.wav", "short.wav"]]
+    code = cli_main(["predict", "--model", str(model_path), *map(str, files), "--per-second"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert f"{files[1]}: not a readable audio file" in err
+    assert f"{files[2]}: empty file (0 bytes)" in err
+    assert f"{files[3]}: no such file" in err
+    assert f"{files[4]}: no audio samples" in err
+    assert len(err.strip().splitlines()) == 4
+    assert out.startswith(f"{files[0]}: ")
+    assert f"\n{files[5]}: " in out
+    assert out.count(" s  ") == 2 + 1  # per-second lines: 2 for good.wav, 1 for short.wav
+
+
+def test_main_json_and_exit_codes(tmp_path, model_path, capsys):
+    sf.write(tmp_path / "a.wav", tone(3.2, 32000), 32000)
+    assert predict.main(["--model", str(model_path), "--json", str(tmp_path / "a.wav")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["classes"] == CLASSES
+    (result,) = doc["files"]
+    assert "seconds" not in result
+    assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert predict.main(["--model", str(model_path), "--json", "--per-second",
+                         str(tmp_path / "a.wav"), str(tmp_path / "nope.wav")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["files"][0]["seconds"]) == 3
+    assert doc["files"][1] == {"file": str(tmp_path / "nope.wav"),
+                               "error": f"{tmp_path / 'nope.wav'}: no such file"}
+    assert predict.main(["--model", str(tmp_path / "none.pt"), str(tmp_path / "a.wav")]) == 2
+    assert "none.pt: no such model file" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(tmp_path, model_path):
+    sf.write(tmp_path / "a.wav", tone(1.0, 8000), 8000)
+    proc = subprocess.run([sys.executable, "-m", "mobileast", "predict", "--model", str(model_path),
+                           "--json", str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"][0]["label"] in CLASSES
