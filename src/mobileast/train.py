@@ -1,0 +1,366 @@
+"""The training engine shared by the teacher and the student stages.
+
+`fit` runs the epochs; what one batch does is the stage's `step_fn(model, batch, epoch,
+generator) -> (loss, logs)`, so the teacher plugs in cross-entropy with mixup and the
+student augmentation, teacher-logit lookup and DKD. The step owns the frontend (LogMel
+or PaSST's own) because waveform augmentations come before it and spectrogram
+augmentations after it; the frontend has no trained weights, so the engine optimises
+and checkpoints the classifier only.
+
+- Device: CUDA when available, else CPU. Under `torchrun --nproc_per_node N` the
+  classifier is wrapped in DistributedDataParallel (nccl on GPU, gloo on CPU), every
+  process takes its share of each batch (`batch_size` is the global batch), BatchNorm
+  buffers are copied from rank 0 at the end of every epoch so all ranks hold the same
+  state, and only rank 0 validates, logs and writes files.
+- Determinism: the data plan depends on (seed, epoch), and the global torch RNG (e.g.
+  dropout) and the step's generator are reseeded from (seed, epoch, rank) at the start
+  of every epoch. Runs with the same settings are identical on CPU, and a run resumed
+  from the checkpoint of epoch k ends with exactly the weights of an uninterrupted run;
+  checkpoints therefore need no RNG state.
+- Learning rate: set before every optimiser step from `Schedule.lr` at the fractional
+  epoch (epoch + step / steps_per_epoch), a pure function, so it needs no saved state.
+- Checkpoints: `last` after every epoch (atomically), `best` when the selected
+  validation metric improves, the per-epoch history as CSV (for DVC plots), and the
+  history rows as MLflow metrics of the active run (see mobileast.tracking).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mobileast import tracking
+from mobileast.config import atomic_output
+from mobileast.data.crops import Batch, ClipSource
+
+WARMUPS = ("none", "linear", "exp")
+DECAYS = ("cosine", "linear", "constant")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning-rate schedule: warm-up to the peak LR, decay to min_lr, then constant.
+
+    warmup: none | linear (from 0) | exp (exp(-5 (1 - t)^2), t = epoch / warmup_epochs:
+    the exponential ramp-up of the CP-JKU DCASE systems, from 0.7 % of the peak).
+    decay, from warmup_epochs to decay_end_epoch: cosine | linear | constant (stay at
+    the peak; then min_lr and decay_end_epoch are unused). E.g. the TAU22 student:
+    exp over 30 epochs to 1e-3, linear to 1e-5 at epoch 400, constant to epoch 600.
+    """
+
+    warmup: str = "none"
+    warmup_epochs: float = 0.0
+    decay: str = "constant"
+    decay_end_epoch: float = 0.0
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup not in WARMUPS or self.decay not in DECAYS:
+            raise ValueError(f"schedule: warmup must be one of {WARMUPS}, decay one of {DECAYS}")
+        if self.warmup != "none" and self.warmup_epochs <= 0:
+            raise ValueError("schedule: warmup needs warmup_epochs > 0")
+        if self.decay != "constant" and self.decay_end_epoch < self.warmup_length:
+            raise ValueError("schedule: decay_end_epoch must not come before the end of the warm-up")
+
+    @property
+    def warmup_length(self) -> float:
+        return 0.0 if self.warmup == "none" else self.warmup_epochs
+
+    def lr(self, peak: float, epoch: float) -> float:
+        """The learning rate at a fractional epoch (0 = start of training)."""
+        warmup_end = self.warmup_length
+        if epoch < warmup_end:
+            t = epoch / warmup_end
+            return peak * (t if self.warmup == "linear" else math.exp(-5.0 * (1.0 - t) ** 2))
+        if self.decay == "constant":
+            return peak
+        if epoch >= self.decay_end_epoch:
+            return self.min_lr
+        t = (epoch - warmup_end) / (self.decay_end_epoch - warmup_end)
+        if self.decay == "linear":
+            return peak + (self.min_lr - peak) * t
+        return self.min_lr + (peak - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the engine reads from a params section (`teacher.train` or `train`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: Schedule = field(default_factory=Schedule)
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any], seed: int) -> TrainSettings:
+        """Settings from a params section; keys the engine does not use are left to the stage."""
+        if section.get("optimizer", "adam") not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}")
+        return cls(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
+                   lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.0)),
+                   optimizer=section.get("optimizer", "adam"),
+                   schedule=Schedule(**section.get("schedule", {})), seed=int(seed))
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Adam (L2 weight decay) or AdamW (decoupled weight decay)."""
+        return OPTIMIZERS[self.optimizer](model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its device, rank and the number of processes."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def runtime(seed: int = 0) -> Iterator[Runtime]:
+    """The training runtime: CUDA if available, the process group under torchrun.
+
+    Seeds torch with `seed` so the model built next is initialised deterministically
+    (DistributedDataParallel then copies rank 0's initial weights to all ranks).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world_size > 1:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        current = Runtime(device, dist.get_rank(), world_size)
+    else:
+        current = Runtime(torch.device("cuda" if cuda else "cpu"))
+    torch.manual_seed(seed)
+    try:
+        yield current
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+class EpochSource(Protocol):
+    """Training data as the engine reads it (mobileast.data.crops.RecordingCrops)."""
+
+    def steps_per_epoch(self, batch_size: int) -> int: ...
+
+    def epoch_batches(self, epoch: int, batch_size: int, rank: int, world_size: int) -> Iterator[Batch]: ...
+
+
+StepFn = Callable[[nn.Module, Batch, int, torch.Generator], tuple[torch.Tensor, Mapping[str, float]]]
+ValidateFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Files `fit` writes. Declare `last` and `best` with `persist: true` in dvc.yaml so
+    that `dvc repro` after an interruption resumes instead of starting over."""
+
+    last: Path
+    best: Path | None = None
+    history: Path | None = None
+
+
+@dataclass
+class FitResult:
+    """The per-epoch history rows and the best epoch (both on rank 0 only)."""
+
+    history: list[dict[str, float]]
+    best: dict[str, float] | None  # {"epoch": ..., <metric>: ...} of the best epoch
+
+
+def predict(model: nn.Module, frontend: nn.Module, batches: Iterable[Batch],
+            device: torch.device) -> torch.Tensor:
+    """Logits (N, classes) of every batch, in order, on the CPU (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = [model(frontend(batch.wave.to(device))).float().cpu() for batch in batches]
+    model.train(was_training)
+    return torch.cat(logits)
+
+
+def classification_validator(source: ClipSource, frontend: nn.Module, batch_size: int,
+                             device: torch.device) -> ValidateFn:
+    """validate_fn giving cross-entropy `loss` and `accuracy` over a ClipSource."""
+    labels = torch.from_numpy(source.labels)
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        logits = predict(model, frontend, source.batches(batch_size), device)
+        return {"loss": nn.functional.cross_entropy(logits, labels).item(),
+                "accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+    return validate
+
+
+def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSettings,
+        outputs: Outputs, meta: Mapping[str, Any], rt: Runtime, *,
+        validate_fn: ValidateFn | None = None, select: str = "val_accuracy", mode: str = "max",
+        resume_key: Mapping[str, Any] | None = None) -> FitResult:
+    """Train `model` for settings.epochs epochs, resuming from `outputs.last` if it holds
+    an unfinished run of the same settings, meta and resume_key.
+
+    meta: the checkpoint's model description (arch, config, features, classes).
+    resume_key: anything else the run depends on (e.g. the stage's params); a
+    checkpoint made with another value is not resumed. validate_fn gets the plain
+    classifier in eval mode under no_grad; its keys are logged as `val_<key>`, and the
+    best checkpoint is chosen by `select` (maximised, or minimised with mode="min").
+    History rows (CSV, MLflow): epoch (completed), lr (at the epoch's start), train_<key>
+    (epoch means of the step's loss and logs over all processes), val_<key>.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be max or min, got {mode}")
+    if outputs.best is not None and validate_fn is None:
+        raise ValueError("a best checkpoint needs a validate_fn")
+    steps = data.steps_per_epoch(settings.batch_size)
+    if steps == 0:
+        raise ValueError(f"batch_size {settings.batch_size} exceeds the crops of one epoch")
+    model.to(rt.device)
+    optimizer = settings.make_optimizer(model)
+    fingerprint = _fingerprint(settings, meta, resume_key)
+    state = _resume(outputs, fingerprint, settings.epochs, model, optimizer, rt)
+    net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
+        if rt.world_size > 1 else model
+    for epoch in range(state.epoch, settings.epochs):
+        row = {"epoch": epoch + 1, "lr": settings.schedule.lr(settings.lr, epoch),
+               **_train_epoch(net, optimizer, step_fn, data, settings, epoch, steps, rt)}
+        _sync_buffers(model, rt)
+        if rt.is_main:
+            if validate_fn is not None:
+                row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
+            state.record(row, select if validate_fn is not None else None, mode)
+            _write_epoch(outputs, state, model, optimizer, meta, fingerprint, settings)
+            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            tqdm.write(" ".join(f"{k}={v:.5g}" for k, v in row.items()))
+        if rt.world_size > 1:
+            dist.barrier()  # ranks leave every epoch together, after its checkpoint is written
+    return FitResult(state.history, state.best)
+
+
+def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, data: EpochSource,
+                 settings: TrainSettings, epoch: int, steps: int, rt: Runtime) -> dict[str, float]:
+    """One epoch of optimiser steps; returns `train_<key>` means of the step's loss and logs."""
+    generator = _seed_epoch(settings.seed, epoch, rt)
+    net.train()
+    sums: dict[str, float] = {}
+    batches = tqdm(data.epoch_batches(epoch, settings.batch_size, rt.rank, rt.world_size), total=steps,
+                   desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, disable=None if rt.is_main else True)
+    for step, batch in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = settings.schedule.lr(settings.lr, epoch + step / steps)
+        loss, logs = step_fn(net, batch.to(rt.device), epoch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in {"loss": loss.item(), **logs}.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        batches.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}", refresh=False)
+    return {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, rt).items()}
+
+
+@dataclass
+class _State:
+    """Progress carried in checkpoints: completed epochs, history, best epoch."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None
+    improved: bool = False
+
+    def record(self, row: dict[str, float], select: str | None, mode: str) -> None:
+        """Append an epoch's row; with a `select` metric, track the best epoch."""
+        self.epoch, self.history = int(row["epoch"]), self.history + [row]
+        self.improved = select is not None and (
+            self.best is None or (row[select] > self.best[select] if mode == "max" else row[select] < self.best[select]))
+        if self.improved:
+            self.best = {"epoch": row["epoch"], select: row[select]}
+
+
+def _fingerprint(settings: TrainSettings, meta: Mapping[str, Any], resume_key: Mapping[str, Any] | None) -> str:
+    text = json.dumps({"settings": asdict(settings), "meta": meta, "key": resume_key}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
+            optimizer: torch.optim.Optimizer, rt: Runtime) -> _State:
+    """Load an unfinished checkpoint of the same run into model and optimizer, else start afresh."""
+    if not outputs.last.is_file():
+        return _State()
+    checkpoint = torch.load(outputs.last, map_location=rt.device)
+    if checkpoint.get("fingerprint") != fingerprint or checkpoint["epoch"] >= epochs:
+        return _State()
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    best = checkpoint["best"] if outputs.best is None or outputs.best.is_file() else None
+    if rt.is_main:
+        tqdm.write(f"resuming from {outputs.last} after epoch {checkpoint['epoch']}")
+    return _State(checkpoint["epoch"], checkpoint["history"], best)
+
+
+def _seed_epoch(seed: int, epoch: int, rt: Runtime) -> torch.Generator:
+    """Reseed the global torch RNG and return the step's generator, both from (seed, epoch, rank)."""
+    global_seed, step_seed = np.random.SeedSequence([seed, epoch, rt.rank]).generate_state(2)
+    torch.manual_seed(int(global_seed))
+    return torch.Generator(device=rt.device).manual_seed(int(step_seed))
+
+
+def _mean_over_ranks(sums: Mapping[str, float], steps: int, rt: Runtime) -> dict[str, float]:
+    """Per-step means of the step logs over the epoch and all processes."""
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=rt.device)
+    if rt.world_size > 1:
+        dist.all_reduce(totals)
+    return {k: v / (steps * rt.world_size) for k, v in zip(keys, totals.tolist())}
+
+
+def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to all ranks; parameters already agree."""
+    if rt.world_size > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def _validate(model: nn.Module, validate_fn: ValidateFn) -> Mapping[str, float]:
+    model.eval()
+    with torch.no_grad():
+        metrics = validate_fn(model)
+    model.train()
+    return metrics
+
+
+def _write_epoch(outputs: Outputs, state: _State, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 meta: Mapping[str, Any], fingerprint: str, settings: TrainSettings) -> None:
+    """Write the last (and, if improved, best) checkpoint and the history, each atomically."""
+    checkpoint = {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "epoch": state.epoch, "history": state.history, "best": state.best,
+                  "settings": asdict(settings), "fingerprint": fingerprint}
+    paths = [outputs.last] + ([outputs.best] if outputs.best is not None and state.improved else [])
+    for path in paths:
+        with atomic_output(path) as tmp:
+            torch.save(checkpoint, tmp)
+    if outputs.history is not None:
+        with atomic_output(outputs.history) as tmp:
+            pd.DataFrame(state.history).to_csv(tmp, index=False)

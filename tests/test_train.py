@@ -1,0 +1,211 @@
+"""Training engine: schedules, determinism, exact resume, learning, distributed run."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from mobileast.config import SCENES, load_params
+from mobileast.data.crops import ClipSource, RecordingCrops
+from mobileast.features import LogMel
+from mobileast.train import Outputs, Schedule, TrainSettings, classification_validator, fit, runtime
+from test_crops import make_clip_store, make_recordings_store
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = 800
+FEATURES = {"sample_rate": 8000, "n_fft": 128, "win_length": 128, "hop_length": 100, "n_mels": 16}
+META = {"arch": "tiny", "config": {"width": 8}, "features": FEATURES, "classes": list(SCENES)}
+
+
+def tiny_model() -> nn.Module:
+    """Small CNN with BatchNorm (buffers) and dropout (global RNG), to exercise both."""
+    return nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d((FEATURES["n_mels"], 1)), nn.Flatten(), nn.Dropout(0.2),
+                         nn.Linear(4 * FEATURES["n_mels"], len(SCENES)))
+
+
+def ce_step(frontend: nn.Module, fail_at_epoch: int | None = None):
+    """Cross-entropy step with generator-drawn noise; raises at `fail_at_epoch` (a crash)."""
+    def step(model, batch, epoch, generator):
+        if epoch == fail_at_epoch:
+            raise KeyboardInterrupt
+        wave = batch.wave + 0.01 * torch.randn(batch.wave.shape, generator=generator, device=batch.wave.device)
+        logits = model(frontend(wave))
+        loss = nn.functional.cross_entropy(logits, batch.label)
+        return loss, {"accuracy": (logits.argmax(1) == batch.label).float().mean().item()}
+    return step
+
+
+def make_stores(root: Path) -> tuple[Path, Path]:
+    """Recordings store (20 train recordings, one with a missing slice) and an evaluate clip store."""
+    recordings = root / "recordings"
+    recordings.mkdir()
+    train = [[0, 1, 2, 3]] * 19 + [[0, 2, 3]]
+    make_recordings_store(recordings, {"train": train, "evaluate": [[0, 1, 2]] * 10}, CLIP)
+    table = pd.read_csv(recordings / "recordings.csv")
+    evaluate = table[table.fold == "evaluate"]
+    clips = root / "resampled"
+    clips.mkdir()
+    make_clip_store(clips, "evaluate", np.load(recordings / "evaluate.npy").reshape(-1, CLIP),
+                    list(np.repeat(evaluate.scene_label.to_numpy(), 3)))
+    return recordings, clips
+
+
+def train_settings(epochs=4, **schedule) -> TrainSettings:
+    return TrainSettings(epochs=epochs, batch_size=16, lr=0.01, weight_decay=1e-4, optimizer="adamw", seed=3,
+                         schedule=Schedule(**({"warmup": "exp", "warmup_epochs": 1, "decay": "cosine",
+                                               "decay_end_epoch": epochs, "min_lr": 1e-4} | schedule)))
+
+
+def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume_key=None):
+    """One tiny training run writing to `out`; returns (fit result, final state_dict)."""
+    recordings, clips = stores
+    with runtime(settings.seed) as rt:
+        model = tiny_model()
+        frontend = LogMel(**FEATURES).to(rt.device)
+        data = RecordingCrops(recordings, "train", CLIP, 200, crops_per_recording=4, seed=settings.seed)
+        validate = classification_validator(ClipSource(clips, "evaluate"), frontend, 8, rt.device)
+        result = fit(model, ce_step(frontend, fail_at_epoch), data, settings,
+                     Outputs(out / "last.pt", out / "best.pt", out / "history.csv"), META, rt,
+                     validate_fn=validate, resume_key=resume_key)
+    return result, model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return make_stores(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(stores, tmp_path_factory):
+    """An uninterrupted 4-epoch run, shared by the tests that compare against it."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("reference")
+    return (*train(stores, out, train_settings()), out)
+
+
+def test_schedule_tau22_student_recipe():
+    schedule = Schedule(warmup="exp", warmup_epochs=30, decay="linear", decay_end_epoch=400, min_lr=1e-5)
+    peak = 1e-3
+    expected = {0: peak * math.exp(-5), 15: peak * math.exp(-1.25), 30: peak, 215: (peak + 1e-5) / 2,
+                400: 1e-5, 599.5: 1e-5}
+    for epoch, lr in expected.items():
+        assert schedule.lr(peak, epoch) == pytest.approx(lr, rel=1e-12), epoch
+
+
+def test_schedule_linear_warmup_cosine_and_constant():
+    cosine = Schedule(warmup="linear", warmup_epochs=4, decay="cosine", decay_end_epoch=12, min_lr=0.1)
+    assert [cosine.lr(1.0, e) for e in (0, 1, 4, 8, 12, 20)] == pytest.approx([0, 0.25, 1, 0.55, 0.1, 0.1])
+    assert cosine.lr(1.0, 6) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)
+    constant = Schedule(warmup="none", decay="constant")
+    assert [constant.lr(0.5, e) for e in (0, 3, 100)] == [0.5, 0.5, 0.5]
+    no_warmup = Schedule(decay="linear", decay_end_epoch=10, min_lr=0.0)
+    assert no_warmup.lr(1.0, 0) == 1.0 and no_warmup.lr(1.0, 2.5) == pytest.approx(0.75)
+    for bad in ({"warmup": "cubic"}, {"warmup": "exp", "warmup_epochs": 0},
+                {"warmup": "linear", "warmup_epochs": 5, "decay": "linear", "decay_end_epoch": 3}):
+        with pytest.raises(ValueError):
+            Schedule(**bad)
+
+
+def test_settings_from_project_params():
+    params = load_params(REPO / "params.yaml")
+    for section in (params["teacher"]["train"], params["train"]):
+        settings = TrainSettings.from_params(section, params["seed"])
+        assert settings.epochs == section["epochs"] and settings.schedule.warmup == section["schedule"]["warmup"]
+        assert settings.make_optimizer(nn.Linear(2, 2)).defaults["weight_decay"] == section["weight_decay"]
+
+
+def test_tiny_training_learns_and_writes_outputs(reference_run):
+    result, state, out = reference_run
+    history = result.history
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] > 0.3  # chance is 0.1
+    assert history[0]["lr"] == pytest.approx(0.01 * math.exp(-5))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), pd.DataFrame(history), check_dtype=False)
+    last, best = torch.load(out / "last.pt"), torch.load(out / "best.pt")
+    assert {k: last[k] for k in META} == META and last["epoch"] == 4
+    assert best["epoch"] == result.best["epoch"]
+    assert result.best["val_accuracy"] == max(row["val_accuracy"] for row in history)
+    for key, value in state.items():
+        torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0)
+
+
+def test_same_seed_gives_identical_runs(stores, reference_run, tmp_path):
+    result, state = train(stores, tmp_path, train_settings())
+    assert result.history == reference_run[0].history
+    for key, value in state.items():
+        torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
+
+
+def test_resumed_run_equals_uninterrupted_run(stores, reference_run, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(stores, tmp_path, train_settings(), fail_at_epoch=2, resume_key={"dkd": 1})
+    assert torch.load(tmp_path / "last.pt")["epoch"] == 2
+    result, state = train(stores, tmp_path, train_settings(), resume_key={"dkd": 1})
+    assert result.history == reference_run[0].history
+    for key, value in state.items():
+        torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
+    ref_last, last = torch.load(reference_run[2] / "last.pt"), torch.load(tmp_path / "last.pt")
+    torch.testing.assert_close(last["optimizer"], ref_last["optimizer"], rtol=0, atol=0)
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(stores, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(stores, tmp_path, train_settings(epochs=3), fail_at_epoch=1, resume_key={"dkd": 1})
+    result, _ = train(stores, tmp_path, train_settings(epochs=3), fail_at_epoch=None, resume_key={"dkd": 2})
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    fresh, _ = train(stores, tmp_path / "fresh", train_settings(epochs=3), resume_key={"dkd": 2})
+    assert result.history == fresh.history
+
+
+DISTRIBUTED_SCRIPT = """
+import os, sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from test_train import train, train_settings
+recordings, clips, out = map(Path, sys.argv[1:4])
+_, state = train((recordings, clips), out, train_settings(epochs=2))
+torch.save(state, out / f"state{os.environ['RANK']}.pt")
+"""
+
+
+def test_torchrun_two_processes_agree_on_weights(stores, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DISTRIBUTED_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
+                           *map(str, stores), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    states = [torch.load(tmp_path / f"state{rank}.pt") for rank in (0, 1)]
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, rtol=0, atol=0)
+    checkpoint = torch.load(tmp_path / "last.pt")
+    assert checkpoint["epoch"] == 2 and len(pd.read_csv(tmp_path / "history.csv")) == 2
+    for key, value in states[0].items():
+        torch.testing.assert_close(checkpoint["state_dict"][key], value, rtol=0, atol=0)
+
+
+def test_fit_logs_every_epoch_to_the_active_mlflow_run(stores, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from mobileast import tracking
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.start_run("teacher_train", {"teacher": {"train": {"epochs": 2}}}) as run:
+        result, _ = train(stores, tmp_path, train_settings(epochs=2))
+    client = MlflowClient(uri)
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in history] == [(row["epoch"], row["val_accuracy"]) for row in result.history]
+    assert client.get_run(run.info.run_id).data.params == {"teacher.train.epochs": "2"}
