@@ -1,0 +1,86 @@
+"""Model registry: architecture name -> (config dataclass, model class), and named presets.
+
+Checkpoints store `arch` and `config` (the config dataclass as a dict); `build_model`
+turns them back into a model and `model_spec` produces them from a model. Every model
+class takes its config dataclass as its only argument and keeps it as `model.cfg`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from typing import Any, Mapping
+
+from torch import nn
+
+from mobileast.models.cnn import PRESETS as CNN_PRESETS
+from mobileast.models.mobileast import PRESETS as STUDENT_PRESETS
+
+# arch -> (module, config class, model class); modules are imported on first use.
+ARCHS: dict[str, tuple[str, str, str]] = {
+    "mobileast": ("mobileast.models.mobileast", "MobileASTConfig", "MobileASTLight"),
+    "cnn": ("mobileast.models.cnn", "CNNConfig", "CNN"),
+    "passt": ("mobileast.models.passt", "PaSSTConfig", "PaSST"),
+}
+
+# preset name -> (arch, config)
+PRESETS: dict[str, tuple[str, Any]] = {
+    **{name: ("mobileast", cfg) for name, cfg in STUDENT_PRESETS.items()},
+    **{name: ("cnn", cfg) for name, cfg in CNN_PRESETS.items()},
+}
+
+
+def _classes(arch: str) -> tuple[type, type[nn.Module]]:
+    if arch not in ARCHS:
+        raise KeyError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
+    module_name, config_name, model_name = ARCHS[arch]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, model_name)
+
+
+def make_config(config_cls: type, config: Mapping[str, Any]) -> Any:
+    """A config dataclass from a plain dict (checkpoint, params.yaml); unknown keys are an error."""
+    unknown = set(config) - {f.name for f in dataclasses.fields(config_cls)}
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} fields: {sorted(unknown)}")
+    return config_cls(**config)
+
+
+def build_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from a checkpoint's `arch` and `config` dict."""
+    config_cls, model_cls = _classes(arch)
+    return model_cls(make_config(config_cls, config))
+
+
+def model_spec(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """(arch, config dict) of a registry model, as checkpoints store them."""
+    for arch, (module_name, _, model_name) in ARCHS.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(model, getattr(module, model_name)):
+            return arch, dataclasses.asdict(model.cfg)
+    raise TypeError(f"{type(model).__name__} is not a registry model")
+
+
+def build_preset(name: str, **overrides: Any) -> nn.Module:
+    """A model from a named preset (`sub1`..`sub4`, `teacher_cnn`), some fields replaced."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    arch, config = PRESETS[name]
+    return build_model(arch, {**dataclasses.asdict(config), **overrides})
+
+
+def build_student(student_params: Mapping[str, Any]) -> nn.Module:
+    """The student from params.yaml's `student:` section.
+
+    `preset: subN` takes that preset with the fields in `custom` replaced;
+    `preset: custom` takes the MobileASTConfig defaults with `custom` applied.
+    """
+    name, custom = student_params["preset"], dict(student_params.get("custom") or {})
+    if name == "custom":
+        return build_model("mobileast", custom)
+    if name not in STUDENT_PRESETS:
+        raise KeyError(f"student.preset must be 'custom' or one of {sorted(STUDENT_PRESETS)}, got {name!r}")
+    return build_preset(name, **custom)
+
+
+__all__ = ["ARCHS", "PRESETS", "build_model", "build_preset", "build_student", "make_config", "model_spec"]
