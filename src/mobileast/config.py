@@ -5,7 +5,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -46,6 +46,26 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def select(params: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The part of `params` named by dotted keys ('seed', 'logits.hop_s'), nested as in
+    params.yaml: what a stage declares under `params:` in dvc.yaml and depends on."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        source, target = params, picked
+        for name in parents:
+            source, target = source[name], target.setdefault(name, {})
+        if leaf not in source:
+            raise KeyError(f"params.yaml has no key {key!r}")
+        target[leaf] = source[leaf]
+    return picked
+
+
+def stage_params(keys: Iterable[str]) -> dict[str, Any]:
+    """The project's params.yaml restricted to a stage's declared keys (see `select`)."""
+    return select(load_params(), keys)
 
 
 @contextmanager

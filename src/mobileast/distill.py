@@ -141,7 +141,7 @@ class DistillLoss:
         Without mixing pass only the `_a` arguments. With mixing pass the partner's teacher
         logits and targets (e.g. `teacher[mix.perm]`, `targets[mix.perm]`) and `lam` (B,),
         the weight of source a. `epoch` is 1-based and may be fractional.
-        Logs: loss, ce, kd (the warmed-up distillation term as added), kd_weight, and for
+        Logs: loss, ce, and unless method is "none": kd (the warmed-up distillation term as added), kd_weight, and for
         dkd also tckd, nckd (unweighted, lam-mixed batch means).
         """
         pairs = [(teacher_logits_a, targets_a)]
@@ -167,7 +167,8 @@ class DistillLoss:
         elif self.method == "kd":
             kd = mixed([kd_per_sample(student_logits, z_t, self.temperature) for z_t, _ in pairs])
         else:
-            kd = torch.zeros_like(ce)
+            loss = self.ce_weight * ce
+            return loss, {"loss": loss.detach(), "ce": ce.detach()}
         weight = warmup_factor(epoch, self.warmup_epochs)
         loss = self.ce_weight * ce + weight * kd
         logs.update(loss=loss, kd=weight * kd, kd_weight=torch.tensor(weight))

@@ -20,10 +20,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mobileast.config import atomic_output
+from mobileast.config import SCENES, atomic_output
+from mobileast.data.crops import ClipSource
+from mobileast.data.reassemble import read_recordings
+from mobileast.deploy import frontend_for, load_model_any
+from mobileast.metrics import evaluate_predictions
+from mobileast.train import predict
 
 SUMMARY_KEYS = ("accuracy", "macro_accuracy", "log_loss", "accuracy_seen", "accuracy_unseen")
 Results = Mapping[str, Mapping[str, Any]]
@@ -175,6 +181,35 @@ def write_reports(results: Results, reports_dir: str | Path, metrics_path: str |
     with atomic_output(written["results_md"]) as tmp:
         tmp.write_text(results_markdown(results, figures))
     return written
+
+
+def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Path,
+                    teacher_logits: Path | None, batch_size: int) -> dict[str, dict[str, Any]]:
+    """Stage evaluate: metrics of every model (deployed TorchScript or training checkpoint)
+    on the evaluate fold's 1 s clips, plus the teacher from its dumped evaluate logits.
+
+    Devices absent from the train fold count as unseen. Quantized models run on the CPU
+    (PyTorch's int8 kernels are CPU-only); float models on the GPU when there is one.
+    """
+    clips = ClipSource(resampled, "evaluate")
+    table = read_recordings(recordings)
+    train_devices = sorted(set(table.loc[table["fold"] == "train", "device"]))
+    devices = clips.table["device"].to_numpy()
+
+    def metrics(logits: np.ndarray) -> dict[str, Any]:
+        return evaluate_predictions(logits, clips.labels, devices, train_devices, list(SCENES))
+
+    results = {}
+    for name, path in models.items():
+        model, meta = load_model_any(path)
+        if list(meta["classes"]) != list(SCENES):
+            raise ValueError(f"{path}: classes {meta['classes']} differ from {list(SCENES)}")
+        device = torch.device("cpu" if meta.get("quantized") or not torch.cuda.is_available() else "cuda")
+        logits = predict(model.to(device), frontend_for(meta).to(device), clips.batches(batch_size), device)
+        results[name] = metrics(logits.numpy())
+    if teacher_logits is not None:
+        results["teacher"] = metrics(np.load(teacher_logits))
+    return results
 
 
 def _save(fig: Figure, path: str | Path) -> None:

@@ -1,0 +1,32 @@
+"""Audio file reading and float <-> int16 conversion shared by the data stages."""
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+INT16_SCALE = 32768.0  # float = int16 / INT16_SCALE
+
+
+def load_mono(path: str, sample_rate: int) -> np.ndarray:
+    """Read an audio file as float32 mono at `sample_rate`.
+
+    Channels are averaged (downmix); a file at another rate is resampled from its own
+    rate with soxr's high-quality ('HQ') filter. Errors of libsndfile propagate.
+    """
+    audio, rate = sf.read(path, dtype="float32")
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1, dtype=np.float32)
+    if rate != sample_rate:
+        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
+    return audio
+
+
+def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Float audio in [-1, 1) -> int16 (rounded, clipped at full scale), into `out` if given."""
+    scaled = np.rint(np.multiply(audio, INT16_SCALE, dtype=np.float32))
+    np.clip(scaled, -INT16_SCALE, INT16_SCALE - 1, out=scaled)
+    if out is None:
+        return scaled.astype(np.int16)
+    out[...] = scaled
+    return out

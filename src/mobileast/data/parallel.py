@@ -1,0 +1,48 @@
+"""Process-pool helper for the data stages: map a function over chunks of files."""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+
+def worker_count(workers: int) -> int:
+    """`workers`, or one per usable CPU core when it is 0."""
+    if workers < 0:
+        raise ValueError(f"data.workers must be >= 0 (0 = one per core), got {workers}")
+    return workers or len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Runner:
+    """`imap(fn, tasks)` yields fn(task) for every task, in completion order."""
+
+    workers: int
+    imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+    def chunks(self, n_items: int, max_chunk: int = 128) -> list[tuple[int, int]]:
+        """[start, stop) ranges splitting n_items into about 16 chunks per worker.
+
+        A task per chunk amortises the pool's per-task cost (pickling, queueing) over
+        many files; 16 chunks per worker keep the cores evenly busy until the end.
+        """
+        size = max(1, min(max_chunk, math.ceil(n_items / (16 * self.workers))))
+        return [(start, min(start + size, n_items)) for start in range(0, n_items, size)]
+
+
+@contextmanager
+def runner(workers: int) -> Iterator[Runner]:
+    """A Runner on `workers` processes (0 = one per core).
+
+    One worker runs in this process (no pool start-up, easy to debug); otherwise the
+    pool is terminated on exit, so an error stops all work at once.
+    """
+    workers = worker_count(workers)
+    if workers == 1:
+        yield Runner(1, map)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield Runner(workers, pool.imap_unordered)

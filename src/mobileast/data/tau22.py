@@ -1,0 +1,241 @@
+"""Reader and validation for the TAU Urban Acoustic Scenes 2022 Mobile development layout.
+
+Layout (SPEC section 1), read as-is for the real dataset and for the demo:
+- `meta.csv`: tab-separated `filename scene_label identifier source_label`;
+- `audio/<scene>-<city>-<location>-<segment>-<slice>-<device>.wav`, 1 s clips, `slice`
+  (0..9) being the clip's position in its 10 s recording;
+- `evaluation_setup/fold1_train.csv`, `fold1_evaluate.csv` (`filename scene_label`) and
+  `fold1_test.csv` (`filename`).
+
+Everything is validated before any audio is processed, so a broken dataset fails in
+seconds, not after an hour of resampling. Inconsistent metadata is always an error (it
+means the wrong files or a damaged download); a bad audio file (missing, unreadable,
+unsupported format, not 1 s long) stops the stage or, with `data.on_bad_file: skip`, is
+left out and listed in the stage report. Every message names the files and the count.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import soundfile as sf
+
+from mobileast.config import SCENES
+from mobileast.data.parallel import Runner
+from mobileast.data.store import FOLDS
+
+META_FILE = "meta.csv"
+SETUP_DIR = "evaluation_setup"
+FOLD_FILES = {"train": "fold1_train.csv", "evaluate": "fold1_evaluate.csv"}
+TEST_FILE = "fold1_test.csv"
+META_COLUMNS = ("filename", "scene_label", "identifier", "source_label")
+FOLD_COLUMNS = ("filename", "scene_label")
+SOURCE_RATE = 44100
+CLIP_SECONDS = 1
+SLICES_PER_RECORDING = 10
+DURATION_TOLERANCE = 0.01  # s; clips at most this far from 1 s are padded/trimmed to 1 s
+AUDIO_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
+ON_BAD_FILE = ("error", "skip")
+NAME_PATTERN = (r"^audio/(?P<scene>[^-/]+)-(?P<city>[^-/]+)-(?P<location>[^-/]+)"
+                r"-(?P<segment>[^-/]+)-(?P<slice>\d+)-(?P<device>[^-/]+)\.wav$")
+CLIP_COLUMNS = ["filename", "scene_label", "identifier", "city", "location", "segment",
+                "slice", "device", "fold"]
+SHOWN = 5  # file names quoted per problem
+
+
+class DatasetError(ValueError):
+    """The dataset does not match the TAU22 layout; the message names the files."""
+
+
+@dataclass
+class Dataset:
+    """Validated fold clips of a dataset in TAU22 layout.
+
+    `clips` has CLIP_COLUMNS plus the audio header fields samplerate, channels and
+    frames, one row per clip of the train and evaluate folds in canonical order (fold,
+    then file name), whatever the row order of the metadata files. `skipped` lists the
+    bad audio files left out under on_bad_file=skip, as {filename, fold, reason}.
+    """
+
+    root: Path
+    clips: pd.DataFrame
+    skipped: list[dict[str, str]]
+
+
+def clip_filename(scene: str, city: str, location: str, segment: str, slice_: int, device: str) -> str:
+    """The TAU22 file name (relative to the dataset root) of one 1 s clip."""
+    return f"audio/{scene}-{city}-{location}-{segment}-{slice_}-{device}.wav"
+
+
+def recording_key(scene: Any, city: Any, location: Any, segment: Any, device: Any) -> Any:
+    """Recording key: the file stem without the slice field (str or pandas Series)."""
+    return scene + "-" + city + "-" + location + "-" + segment + "-" + device
+
+
+def describe(description: str, names: Sequence[str]) -> str:
+    """'<count> <description>: name, name, ... (and n more)'."""
+    shown = ", ".join(names[:SHOWN])
+    more = f" (and {len(names) - SHOWN} more)" if len(names) > SHOWN else ""
+    return f"{len(names)} {description}: {shown}{more}"
+
+
+def write_metadata(root: Path, clips: pd.DataFrame) -> None:
+    """Write meta.csv and the fold1 files for `clips` (filename, scene_label, identifier, device, fold)."""
+    meta = clips.rename(columns={"device": "source_label"}).sort_values("filename")
+    _write_table(meta[list(META_COLUMNS)], root / META_FILE)
+    (root / SETUP_DIR).mkdir(parents=True, exist_ok=True)
+    for fold, name in FOLD_FILES.items():
+        _write_table(meta.loc[meta.fold == fold, list(FOLD_COLUMNS)], root / SETUP_DIR / name)
+    _write_table(meta.loc[meta.fold == "evaluate", ["filename"]], root / SETUP_DIR / TEST_FILE)
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    table.to_csv(path, sep="\t", index=False, lineterminator="\n")
+
+
+def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found (is data.root the TAU22 development set?)")
+    table = pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False)  # object: fast isin
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise DatasetError(f"{path}: expected tab-separated columns {', '.join(columns)}; "
+                           f"missing {', '.join(missing)} (found {', '.join(map(str, table.columns))})")
+    return table[list(columns)]
+
+
+def _flagged(table: pd.DataFrame, mask: pd.Series, detail: str | None = None) -> list[str]:
+    """File names of the flagged rows, each followed by the value of `detail` if given."""
+    rows = table[mask]
+    if detail is None:
+        return rows.filename.tolist()
+    return [f"{name} ({detail} {value!r})" for name, value in zip(rows.filename, rows[detail])]
+
+
+def _meta_problems(meta: pd.DataFrame, names: pd.DataFrame) -> list[str]:
+    """Problems of meta.csv: malformed names, duplicates, unknown or contradicting labels."""
+    parsed = names.scene.notna()
+    slices = pd.to_numeric(names.slice, errors="coerce")
+    checks = [
+        (~parsed, "rows of meta.csv whose filename is not "
+                  "audio/<scene>-<city>-<location>-<segment>-<slice>-<device>.wav", None),
+        (meta.filename.duplicated(keep=False), "rows of meta.csv repeat a filename", None),
+        (~meta.scene_label.isin(SCENES),
+         f"rows of meta.csv have an unknown scene_label (known: {', '.join(SCENES)})", "scene_label"),
+        (parsed & meta.scene_label.isin(SCENES) & (names.scene != meta.scene_label),
+         "rows of meta.csv have a scene_label that disagrees with the file name", "scene_label"),
+        (parsed & (names.device != meta.source_label),
+         "rows of meta.csv have a source_label (device) that disagrees with the file name", "source_label"),
+        (parsed & (names.city + "-" + names.location != meta.identifier),
+         "rows of meta.csv have an identifier that is not <city>-<location> of the file name", "identifier"),
+        (parsed & ~slices.between(0, SLICES_PER_RECORDING - 1),
+         f"rows of meta.csv have a slice index outside 0..{SLICES_PER_RECORDING - 1}", None),
+    ]
+    return [describe(text, _flagged(meta, mask, detail)) for mask, text, detail in checks if mask.any()]
+
+
+def _fold_problems(meta: pd.DataFrame, folds: dict[str, pd.DataFrame], test: pd.DataFrame | None) -> list[str]:
+    """Problems of the fold files: unknown or repeated names, labels contradicting meta.csv."""
+    problems = []
+    labels = meta.drop_duplicates("filename").set_index("filename").scene_label
+    tables = {**folds, "test": test} if test is not None else folds
+    for fold, table in tables.items():
+        name = f"{SETUP_DIR}/{FOLD_FILES.get(fold, TEST_FILE)}"
+        if table.empty and fold in FOLDS:
+            problems.append(f"{name} lists no files")
+        known = table.filename.isin(labels.index)
+        checks = [(~known, f"files in {name} are absent from meta.csv", None),
+                  (table.filename.duplicated(keep=False), f"rows of {name} repeat a filename", None)]
+        if "scene_label" in table:
+            disagree = known & (table.filename.map(labels) != table.scene_label)
+            checks.append((disagree, f"rows of {name} have a scene_label that disagrees with meta.csv",
+                           "scene_label"))
+        problems += [describe(text, _flagged(table, mask, detail)) for mask, text, detail in checks if mask.any()]
+    both = sorted(set(folds["train"].filename) & set(folds["evaluate"].filename))
+    if both:
+        problems.append(describe(f"files are in both {FOLD_FILES['train']} and {FOLD_FILES['evaluate']}", both))
+    return problems
+
+
+def read_clips(root: Path) -> pd.DataFrame:
+    """The validated clips (CLIP_COLUMNS) of the train and evaluate folds, in canonical order.
+
+    Raises DatasetError listing every metadata problem found at once.
+    """
+    root = Path(root)
+    meta = _read_table(root / META_FILE, META_COLUMNS)
+    folds = {fold: _read_table(root / SETUP_DIR / FOLD_FILES[fold], FOLD_COLUMNS) for fold in FOLDS}
+    test_path = root / SETUP_DIR / TEST_FILE
+    test = _read_table(test_path, ["filename"]) if test_path.exists() else None
+    names = meta.filename.str.extract(NAME_PATTERN)
+    problems = _meta_problems(meta, names) + _fold_problems(meta, folds, test)
+    if problems:
+        raise DatasetError(f"invalid dataset at {root}:\n  - " + "\n  - ".join(problems))
+    meta = pd.concat([meta, names.drop(columns=["scene", "device"])], axis=1).astype({"slice": int})
+    fold_of = pd.concat([table.filename.to_frame().assign(fold=fold) for fold, table in folds.items()])
+    clips = meta.merge(fold_of, on="filename").rename(columns={"source_label": "device"})
+    clips["fold"] = pd.Categorical(clips.fold, categories=FOLDS, ordered=True)
+    clips = clips.sort_values(["fold", "filename"]).astype({"fold": str})
+    return clips[CLIP_COLUMNS].reset_index(drop=True)
+
+
+def _probe_file(path: str) -> tuple[int, int, int, str]:
+    """(samplerate, channels, frames, problem) of one audio file; problem is '' if usable."""
+    try:
+        with sf.SoundFile(path) as info:  # reads the header only; a quarter cheaper than sf.info
+            rate, channels, frames, subtype = info.samplerate, info.channels, info.frames, info.subtype
+    except RuntimeError as error:  # libsndfile: missing, truncated or not audio
+        return 0, 0, 0, "file not found" if not os.path.exists(path) else f"unreadable: {error}"
+    if subtype not in AUDIO_SUBTYPES:
+        problem = f"unsupported sample format {subtype} (expected PCM WAV, e.g. 16- or 24-bit)"
+    elif abs(frames / rate - CLIP_SECONDS) > DURATION_TOLERANCE:
+        problem = f"duration {frames / rate:.3f} s, expected {CLIP_SECONDS} s"
+    else:
+        problem = ""
+    return rate, channels, frames, problem
+
+
+def _probe_task(task: tuple[str, int, list[str]]) -> tuple[int, list[tuple[int, int, int, str]]]:
+    root, start, names = task
+    return start, [_probe_file(os.path.join(root, name)) for name in names]
+
+
+def probe_audio(root: Path, filenames: Sequence[str], run: Runner) -> pd.DataFrame:
+    """Audio headers of `filenames` (samplerate, channels, frames, problem), in parallel."""
+    tasks = [(str(root), start, list(filenames[start:stop])) for start, stop in run.chunks(len(filenames))]
+    rows: list[Any] = [None] * len(filenames)
+    for start, infos in run.imap(_probe_task, tasks):
+        rows[start:start + len(infos)] = infos
+    return pd.DataFrame(rows, columns=["samplerate", "channels", "frames", "problem"])
+
+
+def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, root: Path) -> list[dict[str, str]]:
+    """Apply data.on_bad_file to bad audio files {row of clips: reason}.
+
+    Raises DatasetError naming them for 'error'; returns the skip list for 'skip'.
+    """
+    if on_bad_file not in ON_BAD_FILE:
+        raise ValueError(f"data.on_bad_file must be one of {', '.join(ON_BAD_FILE)}, got {on_bad_file!r}")
+    rows = sorted(problems)
+    skipped = [{"filename": clips.filename.iat[row], "fold": clips.fold.iat[row], "reason": problems[row]}
+               for row in rows]
+    if skipped and on_bad_file == "error":
+        names = [f"{item['filename']} ({item['reason']})" for item in skipped]
+        raise DatasetError(f"{root}: " + describe(
+            "bad audio files (set data.on_bad_file: skip to leave them out and list them in the report)",
+            names))
+    return skipped
+
+
+def load_dataset(root: Path, run: Runner, on_bad_file: str = "error") -> Dataset:
+    """Validate metadata and audio headers of a dataset in TAU22 layout; see Dataset."""
+    root = Path(root)
+    clips = read_clips(root)
+    info = probe_audio(root, clips.filename.tolist(), run)
+    bad = info.problem != ""
+    skipped = bad_files(clips, dict(zip(bad.index[bad], info.problem[bad])), on_bad_file, root)
+    clips = pd.concat([clips, info.drop(columns="problem")], axis=1)[~bad].reset_index(drop=True)
+    return Dataset(root, clips, skipped)

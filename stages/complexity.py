@@ -1,0 +1,22 @@
+"""Stage complexity: params, MACs (DCASE and full counts) and parameter memory of the
+student (BN folded; memory as stored in the int8 model) -> reports/complexity.{json,md}."""
+from pathlib import Path
+
+from mobileast.complexity import complexity_report, write_report
+from mobileast.deploy import load_checkpoint_model, load_deployed
+
+PARAMS: list[str] = []
+
+
+def main() -> None:
+    model, _ = load_checkpoint_model(Path("models/student.pt"))
+    quantized, _ = load_deployed(Path("models/student_int8.pt"))
+    report = complexity_report(model, stored=quantized)
+    write_report(report, Path("reports/complexity.json"), Path("reports/complexity.md"),
+                 "Complexity of the deployed student (models/student_int8.pt)")
+    print(f"params {report['params']:,}, macs_dcase {report['macs_dcase']:,}, macs_full {report['macs_full']:,}, "
+          f"int8 parameter memory {report['param_memory_bytes']:,} bytes; DCASE limits met: {report['dcase_pass']}")
+
+
+if __name__ == "__main__":
+    main()

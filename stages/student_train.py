@@ -1,0 +1,20 @@
+"""Stage student_train: MobileAST_Light distilled from the teacher logits -> models/student.pt."""
+from pathlib import Path
+
+from mobileast.config import stage_params
+from mobileast.evaluate import plot_history
+from mobileast.recipes import train_student
+from mobileast.train import Outputs
+
+PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s"]
+HISTORY = Path("reports/student_history.csv")
+
+
+def main() -> None:
+    train_student(stage_params(PARAMS), Path("data/recordings"), Path("data/resampled"),
+                  Path("data/teacher_logits"), Outputs(last=Path("models/student.pt"), history=HISTORY))
+    plot_history(HISTORY, HISTORY.with_suffix(".png"), "student")
+
+
+if __name__ == "__main__":
+    main()

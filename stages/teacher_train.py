@@ -1,0 +1,20 @@
+"""Stage teacher_train: train the teacher (demo CNN, or fine-tune PaSST) -> models/teacher.pt."""
+from pathlib import Path
+
+from mobileast.config import stage_params
+from mobileast.evaluate import plot_history
+from mobileast.recipes import train_teacher
+from mobileast.train import Outputs
+
+PARAMS = ["seed", "features", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train", "teacher.augment"]
+HISTORY = Path("reports/teacher_history.csv")
+
+
+def main() -> None:
+    train_teacher(stage_params(PARAMS), Path("data/recordings"), Path("data/resampled"),
+                  Outputs(last=Path("models/teacher.pt"), history=HISTORY))
+    plot_history(HISTORY, HISTORY.with_suffix(".png"), "teacher")
+
+
+if __name__ == "__main__":
+    main()

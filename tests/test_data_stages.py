@@ -1,0 +1,69 @@
+"""The data stages as DVC runs them (`python -m stages.<name>` in a project directory)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_stage(project: Path, name: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def project(tmp_path, make_demo_config):
+    """A project directory with the repository's dvc.yaml and a tiny params.yaml."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    demo = {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(make_demo_config()).items()}
+    params = {"data": {"source": "demo", "root": "data/demo", "on_bad_file": "error", "sample_rate": 16000,
+                       "workers": 2}, "demo": demo}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def set_data_params(project: Path, **values) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_demo_pipeline(project):
+    for stage in ("demo_data", "resample", "reassemble"):
+        result = run_stage(project, stage)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"{stage}: ")
+    report = json.loads((project / "data/resampled/report.json").read_text())
+    assert report["source"] == "demo" and report["sample_rate"] == 16000 and report["skipped"] == []
+    recordings = json.loads((project / "data/recordings/report.json").read_text())
+    assert recordings["folds"]["train"]["clips"] == report["folds"]["train"]["clips"]
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["demo", "recordings", "resampled"]
+
+
+def test_tau22_source_with_a_bad_file_fails_cleanly(project, tiny_dataset):
+    missing = sorted((tiny_dataset / "audio").iterdir())[3]
+    missing.unlink()
+    set_data_params(project, source="tau22", root=str(tiny_dataset))
+    assert run_stage(project, "demo_data").returncode == 0
+    assert [p.name for p in (project / "data/demo").iterdir()] == ["README.txt"]
+    result = run_stage(project, "resample")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"audio/{missing.name} (file not found)" in result.stderr
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["demo"]
+
+
+def test_demo_source_requires_the_demo_root(project):
+    set_data_params(project, root="elsewhere")
+    result = run_stage(project, "resample")
+    assert result.returncode != 0 and "data.root must be data/demo" in result.stderr

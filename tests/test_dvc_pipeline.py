@@ -1,0 +1,78 @@
+"""dvc.yaml stays exact: every stage depends on precisely the code it runs and the
+params keys its script declares, so `dvc exp run -S key=value` re-runs what it must
+and nothing else."""
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    """Source file of a project module (package -> __init__.py), None for third-party."""
+    top = name.split(".")[0]
+    base = {"mobileast": ROOT / "src", "stages": ROOT}.get(top)
+    if base is None:
+        return None
+    path = base.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at top level or inside functions (lazy imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def code_closure(module: str) -> set[str]:
+    """Project source files a module runs: itself, its imports, recursively, with the
+    parent packages' __init__.py files that Python executes on the way."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            path = module_file(".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(imported_modules(path))
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+STAGES = sorted(name for name, stage in PIPELINE.items() if stage["cmd"].startswith("python -m stages."))
+
+
+def test_every_stage_runs_a_stage_script():
+    assert STAGES == sorted(PIPELINE)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_code_deps_are_exactly_what_the_stage_imports(stage):
+    module = PIPELINE[stage]["cmd"].split()[2]
+    code_deps = {d for d in PIPELINE[stage]["deps"] if d.endswith(".py")}
+    assert code_deps == code_closure(module)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_params_are_exactly_what_the_script_declares(stage):
+    script = importlib.import_module(PIPELINE[stage]["cmd"].split()[2])
+    declared = PIPELINE[stage].get("params", [])
+    if getattr(script, "PARAMS", None) is None:  # reads the whole file
+        assert declared == ["params.yaml"] or declared == [{"params.yaml": None}]
+    else:
+        assert declared == script.PARAMS
