@@ -8,12 +8,13 @@ recordings, with the teachers the stage uses (models/teacher.pt plus params.yaml
 (same cost as a trained one). Loading alone (the same batches, no model) is timed in
 alternation with the dump, so machine noise hits both alike; figures are medians.
 
-    python benchmarks/bench_logits.py [--batch-size 64] [--batches 60] [--repeats 3]
+    python benchmarks/bench_logits.py [--batch-size 64] [--batches 60] [--repeats 3] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -78,7 +79,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: params.yaml logits.batch_size")
     parser.add_argument("--batches", type=int, default=60, help="grid batches per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="alternating dump / loading rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     root = project_root()
     params = load_params()
     store = require_store(root)
@@ -102,7 +107,8 @@ def main() -> None:
 
     print(f"teacher: {described}")
     print(f"device {device}, {torch.get_num_threads()} threads; {n_crops} of {crops.n_rows} train grid crops "
-          f"({n_batches} batches of {batch_size}); median of {args.repeats} alternating rounds")
+          f"({n_batches} batches of {batch_size}); median of {args.repeats} alternating rounds; "
+          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs")
     print("| measure | value |")
     print("|---|---:|")
     print(f"| dump time (s) | {dump_s:.2f} |")

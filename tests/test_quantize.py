@@ -233,3 +233,9 @@ def test_quantize_student_writes_deployable_int8_model(stores, tmp_path):
         p.numel() for p in fold_bn(model).parameters())
     assert summary["evaluate_agreement"]["n"] == 6  # 2 of the 4 batches of 10 clips: clips 0-2 and 6-8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.pt", "rec", "res", "student.pt"]
+
+def test_partly_consumed_calibration_batches_leave_grad_mode_alone(stores):
+    recordings, _ = stores
+    batches = quantize.calibration_batches(recordings, FEATURES, 3, 4, hop_s=0.5, seed=3)
+    next(batches)
+    assert torch.is_grad_enabled()

@@ -161,9 +161,10 @@ def calibration_batches(recordings: str | Path, features: Mapping[str, Any], n_b
     n = n_batches * batch_size
     rows = np.random.default_rng(seed).choice(crops.n_rows, size=n, replace=n > crops.n_rows)
     frontend = LogMel(**features).eval()
-    with torch.no_grad():
-        for begin in range(0, n, batch_size):
-            yield frontend(crops.load(rows[begin:begin + batch_size]).wave)
+    for begin in range(0, n, batch_size):
+        with torch.no_grad():  # never yield inside no_grad: it would leak into the caller
+            batch = frontend(crops.load(rows[begin:begin + batch_size]).wave)
+        yield batch
 
 
 def save_quantized(qmodel: nn.Module, path: str | Path, meta: Mapping[str, Any]) -> None:
