@@ -8,7 +8,7 @@ recordings, with the teachers the stage uses (models/teacher.pt plus params.yaml
 (same cost as a trained one). Loading alone (the same batches, no model) is timed in
 alternation with the dump, so machine noise hits both alike; figures are medians.
 
-    python benchmarks/bench_logits.py [--batch-size 64] [--batches 60] [--repeats 3] [--threads N]
+    python benchmarks/bench_logits.py [--batch-size 64] [--batches 40] [--repeats 3] [--threads N]
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def time_loading(batches_fn, passes: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=None, help="default: params.yaml logits.batch_size")
-    parser.add_argument("--batches", type=int, default=60, help="grid batches per measurement")
+    parser.add_argument("--batches", type=int, default=40, help="grid batches per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="alternating dump / loading rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ many small ops of the pipeline far more than the model's large ones (compare --t
 Teacher logits: data/teacher_logits/train.npy, or random logits of the grid's shape if it
 is missing or does not match the crop grid of logits.hop_s.
 
-    python benchmarks/bench_train.py [--preset sub1] [--batch-size 32] [--steps 5] [--rounds 5] [--threads N]
+    python benchmarks/bench_train.py [--preset sub1] [--batch-size 32] [--steps 4] [--rounds 5] [--threads N]
 """
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS) + ["custom"], default=None,
                         help="default: params.yaml student.preset (with student.custom)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: params.yaml train.batch_size")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per kind per round")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per kind per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")

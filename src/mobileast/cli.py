@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "complexity": ("mobileast.complexity", "params, MACs and parameter memory of a model"),
     "predict": ("mobileast.predict", "scene label and class probabilities for WAV files"),
+    "download": ("mobileast.data.download", "download and verify the TAU22 development set"),
 }
 
 

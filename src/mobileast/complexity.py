@@ -37,7 +37,8 @@ import torchinfo
 from torch import nn
 
 from mobileast.config import atomic_output
-from mobileast.models import PRESETS, build_model, build_preset, model_spec
+from mobileast.deploy import load_checkpoint_model
+from mobileast.models import PRESETS, build_preset, model_spec
 from mobileast.models.mobileast import MatMul, TransformerLayer, fold_bn
 
 LIMIT_PARAM_MEMORY_BYTES = 128_000
@@ -287,14 +288,6 @@ def write_report(report: dict[str, Any], json_path: str | Path, md_path: str | P
         tmp.write_text(format_markdown(report, title))
 
 
-def _load_checkpoint(path: str) -> nn.Module:
-    """A float model from a training checkpoint ({"arch", "config", "state_dict", ...})."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(checkpoint["arch"], checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mobileast complexity", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -309,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.out_json) != bool(args.out_md):
         parser.error("--out-json and --out-md go together")
 
-    model = build_preset(args.preset) if args.preset else _load_checkpoint(args.checkpoint)
+    model = build_preset(args.preset) if args.preset else load_checkpoint_model(args.checkpoint)[0]
     stored = torch.jit.load(args.quantized, map_location="cpu") if args.quantized else None
     report = complexity_report(model, stored=stored)
     title = f"Complexity of {args.preset or Path(args.checkpoint).name}"

@@ -90,7 +90,7 @@ def download(dest: Path, url: str = URL, keep_archives: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast.data.download", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mobileast download", description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="directory to download and unpack into")
     parser.add_argument("--keep-archives", action="store_true", help="keep the zip files after unpacking")
     args = parser.parse_args(argv)
