@@ -1,5 +1,6 @@
 # `make repro` / `make test` work on a fresh machine: they create .venv on first use.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
@@ -10,7 +11,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 \
+	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $(STAMP)
 
 venv: $(STAMP)
