@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mobileast.complexity import (INPUT_SHAPE, complexity_report, macs_full_by_module, main,
                                   param_memory_bytes, param_memory_bytes_int8_estimate, write_report)
+from mobileast.config import SCENES
 from mobileast.models import build_preset, model_spec
 from mobileast.models.mobileast import PRESETS, MatMul, fold_bn
 
@@ -113,7 +114,8 @@ def test_command_prints_json():
 def test_command_with_checkpoint(tmp_path, capsys):
     model = build_preset("sub4")
     arch, config = model_spec(model)
-    torch.save({"arch": arch, "config": config, "state_dict": model.state_dict()}, tmp_path / "ckpt.pt")
+    torch.save({"arch": arch, "config": config, "state_dict": model.state_dict(), "features": {},
+                "classes": list(SCENES)}, tmp_path / "ckpt.pt")
     assert main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--json",
                  "--out-json", str(tmp_path / "r.json"), "--out-md", str(tmp_path / "r.md")]) == 0
     printed = json.loads(capsys.readouterr().out)
