@@ -16,7 +16,6 @@ import argparse
 import itertools
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,22 +23,14 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from _common import require_store
 from mobileast.config import load_params, project_root
 from mobileast.data.crops import Batch, RecordingCrops
 from mobileast.deploy import frontend_for
 from mobileast.models import build_preset
 from mobileast.recipes import ensemble_logits, load_teachers
 
-RECORDINGS = Path("data/recordings")
 TEACHER = Path("models/teacher.pt")
-
-
-def require_store(root: Path) -> Path:
-    """data/recordings of the project, or exit telling how to build it."""
-    store = root / RECORDINGS
-    if not ((store / "recordings.csv").is_file() and (store / "train.npy").is_file()):
-        sys.exit(f"{store} is missing: run `dvc repro reassemble` first")
-    return store
 
 
 def teachers(root: Path, params: dict, device: torch.device) -> tuple[list[tuple[nn.Module, nn.Module]], str]:

@@ -30,7 +30,6 @@ import copy
 import itertools
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import require_store
 from mobileast.augment import Augmenter, sample_beta
 from mobileast.config import SCENES, load_params, project_root
 from mobileast.data.crops import Batch, RecordingCrops
@@ -50,7 +50,6 @@ from mobileast.models.mobileast import PRESETS
 from mobileast.recipes import supervised_step
 from mobileast.train import TrainSettings
 
-RECORDINGS = Path("data/recordings")
 LOGITS = Path("data/teacher_logits/train.npy")
 PARTS = ("load", "wave_aug", "frontend", "spec_aug")
 
@@ -86,14 +85,6 @@ class TimedAugmenter:
         out = self.augmenter.spec(x, gen, mix)
         self.spent["spec_aug"] += time.perf_counter() - start
         return out
-
-
-def require_store(root: Path) -> Path:
-    """data/recordings of the project, or exit telling how to build it."""
-    store = root / RECORDINGS
-    if not ((store / "recordings.csv").is_file() and (store / "train.npy").is_file()):
-        sys.exit(f"{store} is missing: run `dvc repro reassemble` first")
-    return store
 
 
 def teacher_logits(root: Path, n_rows: int, seed: int) -> tuple[torch.Tensor, str]:
