@@ -70,27 +70,30 @@ def stage_params(keys: Iterable[str]) -> dict[str, Any]:
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` (file or directory) to write to.
+    """Yield a temporary path (file or directory) to write `path`'s content to.
 
     On success the temporary is renamed onto `path` (replacing an old output in one
     step); on any error it is deleted, so an interrupted stage leaves no partial
-    output and the previous output, if any, stays intact.
+    output and the previous output, if any, stays intact. The temporary has the same
+    name as `path` (inside a hidden sibling directory), so formats that record their
+    own file name (e.g. TorchScript archives) come out byte-identical on every run.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    scratch = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(scratch)
+    scratch.mkdir()
+    tmp = scratch / path.name
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = scratch / f"{path.name}.old"
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old)
         else:
             os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        _remove(scratch)
 
 
 def _remove(path: Path) -> None:
