@@ -1,8 +1,39 @@
 """Helpers shared by the benchmark scripts (run as `python benchmarks/bench_<name>.py`)."""
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobileast.config import load_params, project_root
 
 RECORDINGS = Path("data/recordings")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every benchmark starts from: the project, its params, the recordings store."""
+
+    root: Path
+    params: dict[str, Any]
+    store: Path
+    load_before: float  # 1-min load average when the benchmark started
+
+    def load_note(self) -> str:
+        """Machine load before and after, printed beside the figures (they depend on it)."""
+        return (f"1-min load average {self.load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+                f"{os.cpu_count()} CPUs")
+
+
+def setup(threads: int | None) -> Setup:
+    """Set torch's thread count (if given) and load the project, or exit saying what is missing."""
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]
+    root = project_root()
+    return Setup(root, load_params(), require_store(root), load_before)
 
 
 def require_store(root: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from _common import require_store
-from mobileast.config import load_params, project_root
+from _common import setup
 from mobileast.data.crops import Batch, RecordingCrops
 from mobileast.deploy import frontend_for
 from mobileast.models import build_preset
@@ -72,12 +70,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating dump / loading rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
-    root = project_root()
-    params = load_params()
-    store = require_store(root)
+    bench = setup(args.threads)
+    root, params, store = bench.root, bench.params, bench.store
     batch_size = args.batch_size or int(params["logits"]["batch_size"])
     sample_rate = int(params["data"]["sample_rate"])
     crops = RecordingCrops(store, "train", sample_rate, round(params["logits"]["hop_s"] * sample_rate))
@@ -99,7 +93,7 @@ def main() -> None:
     print(f"teacher: {described}")
     print(f"device {device}, {torch.get_num_threads()} threads; {n_crops} of {crops.n_rows} train grid crops "
           f"({n_batches} batches of {batch_size}); median of {args.repeats} alternating rounds; "
-          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs")
+          f"{bench.load_note()}")
     print("| measure | value |")
     print("|---|---:|")
     print(f"| dump time (s) | {dump_s:.2f} |")

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import require_store
+from _common import setup
 from mobileast.augment import Augmenter, sample_beta
-from mobileast.config import SCENES, load_params, project_root
+from mobileast.config import SCENES
 from mobileast.data.crops import Batch, RecordingCrops
 from mobileast.deploy import frontend_for
 from mobileast.distill import DistillLoss
@@ -193,12 +193,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
-    root = project_root()
-    params = load_params()
-    store = require_store(root)
+    bench = setup(args.threads)
+    root, params, store = bench.root, bench.params, bench.store
     seed = int(params["seed"])
 
     student = dict(params["student"])
@@ -255,7 +251,7 @@ def main() -> None:
     print(f"student {student['preset']}, batch {bs}, device {device}, {torch.get_num_threads()} threads; "
           f"distill {loss_fn.method}; augment: {', '.join(enabled) or 'none'}; teacher logits: {logits_note}")
     print(f"medians of {args.rounds} alternating rounds x {args.steps} steps (after {args.warmup} warm-up steps each); "
-          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs")
+          f"{bench.load_note()}")
     print("| step | ms/step | samples/s | CPU ms/step |")
     print("|---|---:|---:|---:|")
     print(f"| full (engine step, supervised_step) | {1e3 * med['full']:.1f} | {bs / med['full']:.1f} | "
