@@ -14,6 +14,7 @@ then still gives its sample rate. Absent or "logmel": the model takes LogMel out
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import zipfile
@@ -84,6 +85,32 @@ def save_deployed(model: nn.Module, path: str | Path, meta: Mapping[str, Any]) -
                          f"{_first_line(e)}") from e
     with atomic_output(path) as tmp:
         torch.jit.save(traced, str(tmp), _extra_files={META_FILE: meta_json})
+        _strip_debug_records(tmp)
+
+
+def _strip_debug_records(archive: Path) -> None:
+    """Drop TorchScript's debug records so the archive's bytes don't depend on where the code lives.
+
+    The `*.debug_pkl` records hold source ranges and call stacks naming the absolute
+    paths of the torch and project sources (e.g. inside `.venv`), so the same model saved
+    from two checkouts differed, and so did its md5 in dvc.lock. Without them TorchScript
+    errors still show the serialized code, only not the original Python lines.
+    `.data/serialization_id` (a hash of the records torch wrote) is recomputed from
+    the records kept.
+    """
+    with zipfile.ZipFile(archive) as source:
+        records = [(info, source.read(info)) for info in source.infolist()
+                   if not info.filename.endswith(".debug_pkl")]
+    digest = hashlib.sha1()
+    for info, data in records:
+        if not info.filename.endswith("/.data/serialization_id"):
+            digest.update(info.filename.encode() + b"\0" + data)
+    serialization_id = str(int(digest.hexdigest(), 16) % 10**40).zfill(40).encode()
+    rewritten = archive.with_name(archive.name + ".strip")
+    with zipfile.ZipFile(rewritten, "w", zipfile.ZIP_STORED) as target:
+        for info, data in records:
+            target.writestr(info, serialization_id if info.filename.endswith("/.data/serialization_id") else data)
+    rewritten.replace(archive)
 
 
 def is_torchscript(path: str | Path) -> bool:
