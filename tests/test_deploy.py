@@ -114,3 +114,55 @@ def test_archive_does_not_depend_on_install_location(tmp_path):
         blob = b"".join(archive.read(name) for name in names)
     assert not [n for n in names if n.endswith(".debug_pkl")]
     assert not [d for d in install_dirs if d.encode() in blob]
+
+
+def test_trace_that_bakes_in_batch_size_is_rejected(tmp_path):
+    class Baked(nn.Module):
+        def forward(self, x):
+            return x.reshape(int(x.shape[0]), -1)[:, :3]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="trace changes with the batch size"):
+            deploy.save_deployed(Baked(), tmp_path / "baked.pt", META)
+    assert not (tmp_path / "baked.pt").exists()
+
+
+def test_meta_required(tmp_path):
+    with pytest.raises(ValueError, match="classes"):
+        deploy.save_deployed(trained_tiny(), tmp_path / "m.pt", {"features": FEATURES})
+
+
+def test_checkpoint_loads_through_registry(tmp_path, monkeypatch):
+    fake = types.ModuleType("mobileast.models")
+    fake.build_model = lambda arch, config: {"tiny": Tiny}[arch](TinyConfig(**config))
+    monkeypatch.setitem(sys.modules, "mobileast.models", fake)
+    model = trained_tiny()
+    ckpt = {"arch": "tiny", "config": asdict(TinyConfig()), "state_dict": model.state_dict(),
+            "features": FEATURES, "classes": META["classes"], "epoch": 3, "optimizer": {}}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    loaded, meta = deploy.load_model_any(tmp_path / "ckpt.pt")
+    assert meta == {**META, "input": "logmel"}
+    assert not loaded.training
+    x = torch.randn(2, 1, 16, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt: no such model file"):
+        deploy.load_model_any(tmp_path / "missing.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match="garbage.pt: not a loadable"):
+        deploy.load_model_any(tmp_path / "garbage.pt")
+    deploy.save_deployed(trained_tiny(), tmp_path / "good.pt", META)
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.pt: not a loadable"):
+        deploy.load_model_any(tmp_path / "truncated.pt")
+    torch.save({"state_dict": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"partial.pt: not a training checkpoint \(lacks \['arch'"):
+        deploy.load_model_any(tmp_path / "partial.pt")
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(tmp_path / "nometa.pt"))
+    with pytest.raises(ValueError, match="nometa.pt: TorchScript model without meta.json"):
+        deploy.load_model_any(tmp_path / "nometa.pt")
