@@ -30,6 +30,7 @@ from mobileast.features import LogMel
 META_FILE = "meta.json"
 REQUIRED_META = ("features", "classes")
 CHECKPOINT_KEYS = ("arch", "config", "state_dict", "features", "classes")
+SERIALIZATION_ID = "/.data/serialization_id"  # record of every torch zip archive
 
 
 def feature_args(features: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,17 +100,18 @@ def _strip_debug_records(archive: Path) -> None:
     the records kept.
     """
     with zipfile.ZipFile(archive) as source:
-        records = [(info, source.read(info)) for info in source.infolist()
-                   if not info.filename.endswith(".debug_pkl")]
+        infos = [i for i in source.infolist() if not i.filename.endswith(".debug_pkl")]
+        id_info = next(i for i in infos if i.filename.endswith(SERIALIZATION_ID))
+        kept = [(info, source.read(info)) for info in infos if info is not id_info]
     digest = hashlib.sha1()
-    for info, data in records:
-        if not info.filename.endswith("/.data/serialization_id"):
-            digest.update(info.filename.encode() + b"\0" + data)
-    serialization_id = str(int(digest.hexdigest(), 16) % 10**40).zfill(40).encode()
+    for info, data in kept:
+        digest.update(info.filename.encode() + b"\0" + data)
+    serialization_id = str(int(digest.hexdigest(), 16) % 10**40).zfill(40)
     rewritten = archive.with_name(archive.name + ".strip")
     with zipfile.ZipFile(rewritten, "w", zipfile.ZIP_STORED) as target:
-        for info, data in records:
-            target.writestr(info, serialization_id if info.filename.endswith("/.data/serialization_id") else data)
+        for info, data in kept:
+            target.writestr(info, data)
+        target.writestr(id_info, serialization_id)
     rewritten.replace(archive)
 
 
