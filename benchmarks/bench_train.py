@@ -2,13 +2,14 @@
 
 Times two kinds of optimiser step on the student (params.yaml `student`, `train`):
   full:       what the engine's epoch loop does per batch (mobileast.train._train_epoch):
-              next batch of RecordingCrops.epoch_batches, LR from the schedule, the real
-              mobileast.recipes.supervised_step (waveform augmentation -> LogMel -> spectrogram
-              augmentation -> student -> DKD loss with the teacher-logit lookup), backward,
-              optimizer step, loss.item();
+              next batch of RecordingCrops.epoch_batches, then mobileast.train.optimizer_step
+              (LR from the schedule, the real mobileast.recipes.supervised_step: waveform
+              augmentation -> LogMel -> spectrogram augmentation -> student -> DKD loss with
+              the teacher-logit lookup, backward, optimizer step);
   model-only: the same model, optimizer and loss on pre-made batches: log-mels computed
               beforehand (on the device), fixed teacher logits and, when mixup is on, a fixed
-              mix (so the loss has the same two-source form); forward, loss, backward, step.
+              mix (so the loss has the same two-source form), through the same optimizer_step.
+Each timed step ends with loss.item(), so the device has finished it.
 The two alternate for `--rounds` rounds of `--steps` steps each (order swapped every round),
 so load from other processes hits both alike; figures are medians over the rounds. The
 overhead is full / model-only - 1 (target <= 10 %); where it goes is measured inside the
@@ -48,7 +49,7 @@ from mobileast.distill import DistillLoss
 from mobileast.models import build_student
 from mobileast.models.mobileast import PRESETS
 from mobileast.recipes import supervised_step
-from mobileast.train import TrainSettings
+from mobileast.train import TrainSettings, optimizer_step
 
 LOGITS = Path("data/teacher_logits/train.npy")
 PARTS = ("load", "wave_aug", "frontend", "spec_aug")
@@ -106,12 +107,6 @@ def endless_batches(data: RecordingCrops, batch_size: int) -> Iterator[Batch]:
         yield from data.epoch_batches(epoch, batch_size)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int, steps: int) -> None:
-    """As the engine does before every step."""
-    for group in optimizer.param_groups:
-        group["lr"] = settings.schedule.lr(settings.lr, step / steps)
-
-
 def full_stepper(net: nn.Module, settings: TrainSettings, data: RecordingCrops, step_fn, device: torch.device,
                  gen: torch.Generator, spent: dict[str, float]) -> Callable[[int], None]:
     """One engine step per call: fetch the batch, supervised_step, backward, optimizer step."""
@@ -120,15 +115,11 @@ def full_stepper(net: nn.Module, settings: TrainSettings, data: RecordingCrops, 
     steps = data.steps_per_epoch(settings.batch_size)
 
     def step(i: int) -> None:
-        set_lr(optimizer, settings, i, steps)
         start = time.perf_counter()
         batch = next(batches).to(device)
         spent["load"] += time.perf_counter() - start
-        loss, logs = step_fn(net, batch, 0, gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()
+        loss, _ = optimizer_step(net, optimizer, step_fn, batch, settings, 0, i / steps, gen)
+        loss.item()  # wait for the device, so the step's time is all counted
 
     return step
 
@@ -156,15 +147,13 @@ def model_only_stepper(net: nn.Module, settings: TrainSettings, loss_fn: Distill
     """Forward, the same loss on fixed inputs/logits, backward, optimizer step."""
     optimizer = settings.make_optimizer(net)
 
+    def premade_step(net: nn.Module, made: tuple, epoch: int, gen: torch.Generator):
+        spec, label, z_t, mixed = made
+        return loss_fn(net(spec), z_t, label, *mixed, epoch=1)
+
     def step(i: int) -> None:
-        set_lr(optimizer, settings, i, steps)
-        spec, label, z_t, mixed = batches[i % len(batches)]
-        loss, logs = loss_fn(net(spec), z_t, label, *mixed, epoch=1)
-        {k: float(v) for k, v in logs.items() if k != "loss"}  # as supervised_step does
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()
+        loss, _ = optimizer_step(net, optimizer, premade_step, batches[i % len(batches)], settings, 0, i / steps, None)
+        loss.item()  # wait for the device, as in the full step
 
     return step
 

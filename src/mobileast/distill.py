@@ -171,5 +171,5 @@ class DistillLoss:
             return loss, {"loss": loss.detach(), "ce": ce.detach()}
         weight = warmup_factor(epoch, self.warmup_epochs)
         loss = self.ce_weight * ce + weight * kd
-        logs.update(loss=loss, kd=weight * kd, kd_weight=torch.tensor(weight))
+        logs.update(loss=loss, kd=weight * kd, kd_weight=student_logits.new_tensor(weight))
         return loss, {k: v.detach() for k, v in logs.items()}

@@ -70,7 +70,7 @@ def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillL
         z_t = None if teacher_logits is None else teacher_logits[batch.row]
         mixed = () if mix is None else (None if z_t is None else z_t[mix.perm], batch.label[mix.perm], mix.lam)
         loss, logs = loss_fn(logits, z_t, batch.label, *mixed, epoch=epoch + 1)
-        return loss, {k: float(v) for k, v in logs.items() if k != "loss"}
+        return loss, {k: v for k, v in logs.items() if k != "loss"}
 
     return step
 

@@ -49,6 +49,7 @@ from mobileast.data.crops import Batch, ClipSource
 WARMUPS = ("none", "linear", "exp")
 DECAYS = ("cosine", "linear", "constant")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+PROGRESS_EVERY = 10  # steps between progress-bar loss updates (each waits for the device)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ class EpochSource(Protocol):
     def epoch_batches(self, epoch: int, batch_size: int, rank: int, world_size: int) -> Iterator[Batch]: ...
 
 
-StepFn = Callable[[nn.Module, Batch, int, torch.Generator], tuple[torch.Tensor, Mapping[str, float]]]
+# A step's logs may be floats or 0-dim tensors; tensors are summed on the device (no sync per step).
+StepFn = Callable[[nn.Module, Batch, int, torch.Generator], tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]]
 ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 
 
@@ -265,20 +267,31 @@ def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: Step
     """One epoch of optimiser steps; returns `train_<key>` means of the step's loss and logs."""
     generator = _seed_epoch(settings.seed, epoch, rt)
     net.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     batches = tqdm(data.epoch_batches(epoch, settings.batch_size, rt.rank, rt.world_size), total=steps,
                    desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, disable=None if rt.is_main else True)
     for step, batch in enumerate(batches):
-        for group in optimizer.param_groups:
-            group["lr"] = settings.schedule.lr(settings.lr, epoch + step / steps)
-        loss, logs = step_fn(net, batch.to(rt.device), epoch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for key, value in {"loss": loss.item(), **logs}.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-        batches.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}", refresh=False)
+        loss, logs = optimizer_step(net, optimizer, step_fn, batch.to(rt.device), settings, epoch,
+                                    epoch + step / steps, generator)
+        for key, value in {"loss": loss, **logs}.items():
+            sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float64, device=rt.device)
+        if not batches.disable and step % PROGRESS_EVERY == 0:  # the postfix waits for the device
+            batches.set_postfix(loss=f"{sums['loss'].item() / (step + 1):.4f}", refresh=False)
     return {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, rt).items()}
+
+
+def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, batch: Batch,
+                   settings: TrainSettings, epoch: int, progress: float,
+                   generator: torch.Generator) -> tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]:
+    """One training step as the engine runs it: learning rate for `progress` (fractional
+    epochs done), `step_fn`, backward, optimizer step. Returns the detached loss and the logs."""
+    for group in optimizer.param_groups:
+        group["lr"] = settings.schedule.lr(settings.lr, progress)
+    loss, logs = step_fn(net, batch, epoch, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logs
 
 
 @dataclass
@@ -327,10 +340,10 @@ def _seed_epoch(seed: int, epoch: int, rt: Runtime) -> torch.Generator:
     return torch.Generator(device=rt.device).manual_seed(int(step_seed))
 
 
-def _mean_over_ranks(sums: Mapping[str, float], steps: int, rt: Runtime) -> dict[str, float]:
-    """Per-step means of the step logs over the epoch and all processes."""
+def _mean_over_ranks(sums: Mapping[str, torch.Tensor], steps: int, rt: Runtime) -> dict[str, float]:
+    """Per-step means of the step logs (float64 sums on the device) over the epoch and all processes."""
     keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=rt.device)
+    totals = torch.stack([sums[k] for k in keys])
     if rt.world_size > 1:
         dist.all_reduce(totals)
     return {k: v / (steps * rt.world_size) for k, v in zip(keys, totals.tolist())}
