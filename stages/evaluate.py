@@ -8,7 +8,9 @@ from pathlib import Path
 
 from mobileast import tracking
 from mobileast.config import flatten, load_params
-from mobileast.evaluate import evaluate_models, summary, write_reports
+from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.evaluate import evaluate_models, write_reports
+from mobileast.metrics import summary
 
 REPORTS = Path("reports")
 COMPLEXITY_KEYS = ("params", "transformer_params", "macs_dcase", "macs_full", "param_memory_bytes",
@@ -18,7 +20,7 @@ MODELS = {"student_float": Path("models/student.pt"), "student_int8": Path("mode
 
 def main() -> None:
     params = load_params()
-    results = evaluate_models(MODELS, Path("data/resampled"), Path("data/recordings"),
+    results = evaluate_models(MODELS, RESAMPLED_DIR, RECORDINGS_DIR,
                               Path("data/teacher_logits/evaluate.npy"), int(params["evaluate"]["batch_size"]))
     written = write_reports(results, REPORTS, REPORTS / "metrics.json")
     complexity = json.loads((REPORTS / "complexity.json").read_text())

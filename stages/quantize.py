@@ -1,10 +1,10 @@
 """Stage quantize: models/student.pt -> models/student_int8.pt (int8 TorchScript, PTSQ calibrated
 on train crops), reports/quantize.json (parameter memory, agreement with the float model)."""
-import json
 from pathlib import Path
 
 from mobileast import tracking
-from mobileast.config import atomic_output, flatten, stage_params
+from mobileast.config import flatten, stage_params, write_json
+from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.quantize import quantize_student
 
 PARAMS = ["seed", "quant", "logits.hop_s"]
@@ -14,13 +14,12 @@ REPORT = Path("reports/quantize.json")
 def main() -> None:
     params = stage_params(PARAMS)
     with tracking.start_run("quantize", params):
-        summary = quantize_student(Path("models/student.pt"), Path("data/recordings"), Path("data/resampled"),
+        summary = quantize_student(Path("models/student.pt"), RECORDINGS_DIR, RESAMPLED_DIR,
                                    Path("models/student_int8.pt"), params["quant"], params["logits"]["hop_s"],
                                    params["seed"])
         tracking.log_metrics({k: v for k, v in flatten(summary).items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    with atomic_output(REPORT) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(REPORT, summary)
     a = summary["evaluate_agreement"]
     print(f"quantize: int8 parameter memory {summary['param_memory_bytes']:,} bytes "
           f"({'within' if summary['param_memory_pass'] else 'OVER'} the 128,000 limit; float32 "

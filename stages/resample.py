@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import time
 
-from mobileast.config import atomic_output, project_root, stage_params
+from mobileast.config import atomic_output, project_root, stage_params, write_json
 from mobileast.data import RESAMPLED_DIR, dataset_root
 from mobileast.data.resample import build_store
-from mobileast.data.store import write_report
 from mobileast.data.tau22 import DatasetError
 
 PARAMS = ["data.source", "data.root", "data.on_bad_file", "data.sample_rate", "data.workers"]
@@ -24,7 +23,7 @@ def main() -> None:
         with atomic_output(project / RESAMPLED_DIR) as tmp:
             report = build_store(dataset_root(data, project), tmp, sample_rate=data["sample_rate"],
                                  workers=data["workers"], on_bad_file=data["on_bad_file"])
-            write_report(tmp / "report.json", {"source": data["source"], "root": str(data["root"]), **report})
+            write_json(tmp / "report.json", {"source": data["source"], "root": str(data["root"]), **report})
     except DatasetError as error:
         raise SystemExit(f"resample: {error}") from None
     clips = {fold: summary["clips"] for fold, summary in report["folds"].items()}

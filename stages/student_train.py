@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from mobileast.config import stage_params
-from mobileast.evaluate import plot_history
+from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.plots import plot_history
 from mobileast.recipes import train_student
 from mobileast.train import Outputs
 
@@ -11,7 +12,7 @@ HISTORY = Path("reports/student_history.csv")
 
 
 def main() -> None:
-    train_student(stage_params(PARAMS), Path("data/recordings"), Path("data/resampled"),
+    train_student(stage_params(PARAMS), RECORDINGS_DIR, RESAMPLED_DIR,
                   Path("data/teacher_logits"), Outputs(last=Path("models/student.pt"), history=HISTORY))
     plot_history(HISTORY, HISTORY.with_suffix(".png"), "student")
 

@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from mobileast.config import stage_params
-from mobileast.evaluate import plot_history
+from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.plots import plot_history
 from mobileast.recipes import train_teacher
 from mobileast.train import Outputs
 
@@ -11,7 +12,7 @@ HISTORY = Path("reports/teacher_history.csv")
 
 
 def main() -> None:
-    train_teacher(stage_params(PARAMS), Path("data/recordings"), Path("data/resampled"),
+    train_teacher(stage_params(PARAMS), RECORDINGS_DIR, RESAMPLED_DIR,
                   Outputs(last=Path("models/teacher.pt"), history=HISTORY))
     plot_history(HISTORY, HISTORY.with_suffix(".png"), "teacher")
 

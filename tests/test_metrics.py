@@ -138,7 +138,7 @@ def test_write_reports(data, tmp_path):
     written = evaluate.write_reports(results, tmp_path / "reports", tmp_path / "metrics" / "evaluate.json")
     summary = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert list(summary) == ["student_float", "student_int8", "teacher"]
-    assert set(summary["teacher"]) == set(evaluate.SUMMARY_KEYS)
+    assert set(summary["teacher"]) == set(metrics.SUMMARY_KEYS)
     assert summary["teacher"]["accuracy"] == pytest.approx(results["teacher"]["accuracy"], abs=1e-5)
     for name, result in results.items():
         with open(written[f"confusion_{name}_csv"]) as f:
@@ -161,7 +161,7 @@ def test_summary_omits_missing_figures():
     from mobileast import evaluate
 
     result = metrics.evaluate_predictions(np.eye(2) * 3, [0, 1], ["a", "a"], ["a"], ["x", "y"])
-    assert evaluate.summary({"m": result}) == {"m": {"accuracy": 1.0, "macro_accuracy": 1.0,
+    assert metrics.summary({"m": result}) == {"m": {"accuracy": 1.0, "macro_accuracy": 1.0,
                                                      "log_loss": pytest.approx(0.04859, abs=1e-5),
                                                      "accuracy_seen": 1.0}}
     assert "unseen" not in evaluate.results_markdown({"m": result}).split("## Accuracy per device")[1]
@@ -169,14 +169,14 @@ def test_summary_omits_missing_figures():
 
 def test_plot_history(tmp_path):
     from matplotlib.image import imread
-    from mobileast import evaluate
+    from mobileast import plots
 
     csv_path = tmp_path / "history.csv"
     csv_path.write_text("epoch,lr,train_loss,train_kd,val_loss,val_accuracy\n"
                         "1,0.001,2.3,0.5,2.2,0.2\n2,0.0009,2.0,0.4,2.1,0.3\n")
-    evaluate.plot_history(csv_path, tmp_path / "curves.png")
+    plots.plot_history(csv_path, tmp_path / "curves.png")
     assert imread(tmp_path / "curves.png").ndim == 3
     (tmp_path / "empty.csv").write_text("epoch,loss\n")
     with pytest.raises(ValueError, match="empty.csv: empty training history"):
-        evaluate.plot_history(tmp_path / "empty.csv", tmp_path / "x.png")
+        plots.plot_history(tmp_path / "empty.csv", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

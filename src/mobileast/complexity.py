@@ -36,7 +36,7 @@ import torch
 import torchinfo
 from torch import nn
 
-from mobileast.config import atomic_output
+from mobileast.config import atomic_output, write_json
 from mobileast.deploy import load_checkpoint_model
 from mobileast.models import PRESETS, build_preset, model_spec
 from mobileast.models.mobileast import MatMul, TransformerLayer, fold_bn
@@ -282,8 +282,7 @@ def format_markdown(report: dict[str, Any], title: str = "Model complexity") -> 
 def write_report(report: dict[str, Any], json_path: str | Path, md_path: str | Path,
                  title: str = "Model complexity") -> None:
     """Write the report as JSON and as Markdown, each atomically."""
-    with atomic_output(json_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(json_path, report)
     with atomic_output(md_path) as tmp:
         tmp.write_text(format_markdown(report, title))
 

@@ -1,6 +1,7 @@
 """Project root, params.yaml loading and small helpers shared by all stages."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -94,6 +95,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         _remove(scratch)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON with a final newline, atomically (same content, same bytes)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _remove(path: Path) -> None:

@@ -3,18 +3,16 @@
 `results` maps a model name (e.g. "student_float", "student_int8", "teacher") to its
 metrics dict; all models are evaluated on the same fold. Written, each atomically:
 - a small metrics JSON for DVC (`dvc metrics show/diff`, `dvc exp show`): per model
-  the headline numbers only (SUMMARY_KEYS);
+  the headline numbers only (mobileast.metrics.summary);
 - per model a confusion-matrix plot data file (CSV, one row "actual,predicted" per
   clip, the input of DVC's `confusion` template) and the same matrix as a PNG;
 - reports/results.md: overall, per-device (seen and unseen apart) and per-class tables.
-`plot_history` turns a training history CSV into a PNG. Every plot exists as a PNG,
-because `dvc plots show` renders HTML that loads its charting library from the
-internet. Figures use matplotlib's object API (no pyplot, no global backend state).
+Plots are PNGs (mobileast.plots), because `dvc plots show` renders HTML that loads its
+charting library from the internet.
 """
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,33 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from mobileast.config import SCENES, atomic_output
+from mobileast.config import SCENES, atomic_output, write_json
 from mobileast.data.crops import ClipSource
 from mobileast.data.reassemble import read_recordings
 from mobileast.deploy import frontend_for, load_model_any
-from mobileast.metrics import evaluate_predictions
+from mobileast.metrics import evaluate_predictions, summary
+from mobileast.plots import save_figure
 from mobileast.train import predict
 
-SUMMARY_KEYS = ("accuracy", "macro_accuracy", "log_loss", "accuracy_seen", "accuracy_unseen")
 Results = Mapping[str, Mapping[str, Any]]
-
-
-def summary(results: Results, digits: int = 5) -> dict[str, dict[str, float]]:
-    """{model: {accuracy, macro_accuracy, log_loss, accuracy_seen, accuracy_unseen}}, rounded.
-
-    A figure without clips (e.g. accuracy_unseen when every device was seen) is left
-    out rather than written as null, which `dvc metrics diff` cannot compare.
-    """
-    return {name: {k: round(r[k], digits) for k in SUMMARY_KEYS if r.get(k) is not None}
-            for name, r in results.items()}
 
 
 def write_metrics(results: Results, path: str | Path) -> None:
     """The DVC metrics JSON (`summary`)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(summary(results), indent=2) + "\n")
+    write_json(path, summary(results))
 
 
 def write_confusion_csv(result: Mapping[str, Any], path: str | Path) -> None:
@@ -82,43 +68,7 @@ def plot_confusion(result: Mapping[str, Any], path: str | Path, title: str) -> N
     ax.set_ylabel("actual")
     ax.set_title(f"{title}: accuracy {_pct(result['accuracy'])}, macro {_pct(result['macro_accuracy'])}")
     fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_history(csv_path: str | Path, png_path: str | Path, title: str = "training") -> None:
-    """Training curves PNG from a per-epoch history CSV (as mobileast.train writes).
-
-    x = the `epoch` column (else the row number); one panel per quantity, with its
-    train_/val_ variants on the same axes (e.g. train_loss and val_loss together).
-    """
-    history = pd.read_csv(csv_path)
-    if history.empty:
-        raise ValueError(f"{csv_path}: empty training history")
-    x = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
-    panels: dict[str, list[str]] = {}
-    for column in history.columns:
-        if column != "epoch" and pd.api.types.is_numeric_dtype(history[column]):
-            panels.setdefault(column.removeprefix("train_").removeprefix("val_"), []).append(column)
-    if not panels:
-        raise ValueError(f"{csv_path}: no numeric columns to plot besides epoch")
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, (name, columns) in zip(axes, panels.items()):
-        for column in columns:
-            ax.plot(x, history[column], marker=".", label=column)
-        ax.set_title(name if len(columns) > 1 else columns[0])
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if len(columns) > 1:
-            ax.legend()
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, png_path)
+    save_figure(fig, path)
 
 
 def results_markdown(results: Results, figures: Mapping[str, str] | None = None) -> str:
@@ -210,11 +160,6 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))
     return results
-
-
-def _save(fig: Figure, path: str | Path) -> None:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
 
 
 def _pct(value: float | None) -> str:

@@ -7,7 +7,7 @@ and `evaluate_predictions` reports it as None so the result stays valid JSON.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -150,3 +150,16 @@ def _check_pair(labels: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nd
 def _json(value: float) -> float | None:
     """NaN (no clips) -> None, so the metrics dict serialises as strict JSON."""
     return None if np.isnan(value) else float(value)
+
+
+SUMMARY_KEYS = ("accuracy", "macro_accuracy", "log_loss", "accuracy_seen", "accuracy_unseen")
+
+
+def summary(results: Mapping[str, Mapping[str, Any]], digits: int = 5) -> dict[str, dict[str, float]]:
+    """{model: {accuracy, macro_accuracy, log_loss, accuracy_seen, accuracy_unseen}}, rounded.
+
+    A figure without clips (e.g. accuracy_unseen when every device was seen) is left
+    out rather than written as null, which `dvc metrics diff` cannot compare.
+    """
+    return {name: {k: round(r[k], digits) for k in SUMMARY_KEYS if r.get(k) is not None}
+            for name, r in results.items()}

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import soundfile as sf
-import soxr
 import torch
 from torch import nn
 
+from mobileast.data.audio import resample
 from mobileast.deploy import feature_args, frontend_for, load_model_any
 
 MIN_TAIL_SECONDS = 0.5
@@ -54,13 +54,6 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int, int]:
     if not np.isfinite(data).all():
         raise ValueError(f"{path}: contains NaN or infinite samples")
     return data.mean(axis=1), int(sample_rate), data.shape[1]
-
-
-def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
-    """Resample a mono float32 waveform with soxr's high-quality filter (no-op at the same rate)."""
-    if sample_rate == target_rate:
-        return wave
-    return soxr.resample(wave, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
 def split_clips(wave: np.ndarray, clip_samples: int,

@@ -58,7 +58,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from mobileast.complexity import LIMIT_PARAM_MEMORY_BYTES, param_memory_bytes
 from mobileast.data.crops import ClipSource, RecordingCrops
-from mobileast.deploy import load_checkpoint_model, load_deployed, save_deployed
+from mobileast.deploy import frontend_for, load_checkpoint_model, load_deployed, save_deployed
 from mobileast.features import LogMel
 from mobileast.models.mobileast import fold_bn
 
@@ -213,7 +213,7 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     deployed, _ = load_deployed(out)
     clips = ClipSource(resampled, "evaluate")
     step = max(1, math.ceil(math.ceil(len(clips) / batch_size) / n_batches))
-    frontend = LogMel(**meta["features"]).eval()
+    frontend = frontend_for(meta)
     inputs = (frontend(batch.wave) for batch in itertools.islice(clips.batches(batch_size), 0, None, step))
     memory = param_memory_bytes(deployed)
     return {"param_memory_bytes": memory, "param_memory_bytes_float32": param_memory_bytes(fold_bn(model)),

@@ -130,13 +130,6 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_figure(figure: Any, artifact_file: str) -> None:
-    """Log a matplotlib figure (e.g. 'confusion.png') to the active run, if any."""
-    mlflow = _active_mlflow()
-    if mlflow:
-        mlflow.log_figure(figure, artifact_file)
-
-
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Log a local file to the active run, if any."""
     mlflow = _active_mlflow()

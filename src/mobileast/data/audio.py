@@ -17,9 +17,14 @@ def load_mono(path: str, sample_rate: int) -> np.ndarray:
     audio, rate = sf.read(path, dtype="float32")
     if audio.ndim == 2:
         audio = audio.mean(axis=1, dtype=np.float32)
-    if rate != sample_rate:
-        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
-    return audio
+    return resample(audio, rate, sample_rate)
+
+
+def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a mono float32 waveform with soxr's high-quality filter (no-op at the same rate)."""
+    if sample_rate == target_rate:
+        return wave
+    return soxr.resample(wave, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
 def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

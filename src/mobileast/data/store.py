@@ -56,11 +56,6 @@ def copy_rows(src: np.ndarray, src_rows: np.ndarray, dst: np.ndarray, dst_rows: 
         dst[dst_rows[block]] = src[src_rows[block]]
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
-    """Write a stage report as indented JSON (deterministic: same content, same bytes)."""
-    path.write_text(json.dumps(report, indent=2) + "\n")
-
-
 def read_report(path: Path) -> dict[str, Any]:
-    """Read a stage report written by write_report."""
+    """Read a stage report (written by mobileast.config.write_json)."""
     return json.loads(Path(path).read_text())
