@@ -24,8 +24,9 @@ test: venv
 	python -m pytest
 
 # MLflow UI on the project's store, loopback only, one worker (about 0.5 GB of RAM).
+UI_PORT ?= 5000
 ui: venv
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port 5000 --workers 1 \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
 
 bench: venv

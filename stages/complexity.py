@@ -1,8 +1,11 @@
 """Stage complexity: params, MACs (DCASE and full counts) and parameter memory of the
-student (BN folded; memory as stored in the int8 model) -> reports/complexity.{json,md}."""
+student (BN folded; memory as stored in the int8 model) -> reports/complexity.json (the
+headline figures and verdicts, a DVC metric), reports/complexity_details.json (per block,
+transformer share, verdict bases) and reports/complexity.md."""
 from pathlib import Path
 
-from mobileast.complexity import complexity_report, write_report
+from mobileast.complexity import complexity_report, headline, write_report
+from mobileast.config import write_json
 from mobileast.deploy import load_checkpoint_model, load_deployed
 
 PARAMS: list[str] = []
@@ -12,8 +15,9 @@ def main() -> None:
     model, _ = load_checkpoint_model(Path("models/student.pt"))
     quantized, _ = load_deployed(Path("models/student_int8.pt"))
     report = complexity_report(model, stored=quantized)
-    write_report(report, Path("reports/complexity.json"), Path("reports/complexity.md"),
+    write_report(report, Path("reports/complexity_details.json"), Path("reports/complexity.md"),
                  "Complexity of the deployed student (models/student_int8.pt)")
+    write_json(Path("reports/complexity.json"), headline(report))
     print(f"params {report['params']:,}, macs_dcase {report['macs_dcase']:,}, macs_full {report['macs_full']:,}, "
           f"int8 parameter memory {report['param_memory_bytes']:,} bytes; DCASE limits met: {report['dcase_pass']}")
 

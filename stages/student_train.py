@@ -5,7 +5,7 @@ from mobileast.config import stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.plots import plot_history
 from mobileast.recipes import train_student
-from mobileast.train import Outputs
+from mobileast.train import Outputs, resume_path
 
 PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s"]
 HISTORY = Path("reports/student_history.csv")
@@ -13,7 +13,8 @@ HISTORY = Path("reports/student_history.csv")
 
 def main() -> None:
     train_student(stage_params(PARAMS), RECORDINGS_DIR, RESAMPLED_DIR,
-                  Path("data/teacher_logits"), Outputs(last=Path("models/student.pt"), history=HISTORY))
+                  Path("data/teacher_logits"), Outputs(model=Path("models/student.pt"), resume=resume_path("student_train"),
+                          history=HISTORY))
     plot_history(HISTORY, HISTORY.with_suffix(".png"), "student")
 
 

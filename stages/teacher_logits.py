@@ -3,7 +3,7 @@ for every evaluate clip -> data/teacher_logits/, teacher metrics -> reports/teac
 from pathlib import Path
 
 from mobileast import tracking
-from mobileast.config import stage_params, write_json
+from mobileast.config import flatten, stage_params, write_json
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.metrics import summary
 from mobileast.recipes import dump_teacher_logits
@@ -19,7 +19,7 @@ def main() -> None:
         result = dump_teacher_logits(params, checkpoints, RECORDINGS_DIR, RESAMPLED_DIR,
                                      Path("data/teacher_logits"))
         metrics = summary({"teacher": result})
-        tracking.log_metrics({f"teacher_{k}": v for k, v in metrics["teacher"].items()})
+        tracking.log_metrics(flatten(metrics))
     write_json(METRICS, metrics)
     print(f"teacher on the evaluate fold: {metrics['teacher']}")
 

@@ -5,7 +5,7 @@ from mobileast.config import stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.plots import plot_history
 from mobileast.recipes import train_teacher
-from mobileast.train import Outputs
+from mobileast.train import Outputs, resume_path
 
 PARAMS = ["seed", "features", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train", "teacher.augment"]
 HISTORY = Path("reports/teacher_history.csv")
@@ -13,7 +13,8 @@ HISTORY = Path("reports/teacher_history.csv")
 
 def main() -> None:
     train_teacher(stage_params(PARAMS), RECORDINGS_DIR, RESAMPLED_DIR,
-                  Outputs(last=Path("models/teacher.pt"), history=HISTORY))
+                  Outputs(model=Path("models/teacher.pt"), resume=resume_path("teacher_train"),
+                          history=HISTORY))
     plot_history(HISTORY, HISTORY.with_suffix(".png"), "teacher")
 
 

@@ -121,3 +121,16 @@ def test_command_with_checkpoint(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "r.json").read_text())
     assert printed["params"] == 66_114 and printed["config"]["layout"] == "compact"
+
+
+def test_headline_holds_the_figures_and_verdicts_only(reports):
+    from mobileast.complexity import headline
+
+    report = reports["sub2"]
+    figures = headline(report)
+    assert figures == {"params": report["params"], "transformer_params": report["transformer_params"],
+                       "macs_dcase": 28_400_320, "macs_full": report["macs_full"],
+                       "param_memory_bytes": report["param_memory_bytes"],
+                       "param_memory_bytes_float32": 4 * report["params"], "dcase_pass": True,
+                       "param_memory_pass": False, "macs_dcase_pass": True,
+                       "macs_full_pass": False, "param_memory_int8_estimate_pass": True}

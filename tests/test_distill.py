@@ -183,7 +183,7 @@ def test_kd_and_none_methods():
     assert "tckd" not in logs
     loss, logs = DistillLoss(method="none", ce_weight=1.0)(zs, None, y, epoch=5)
     assert_close(loss, ce)
-    assert set(logs) == {"loss", "ce"}  # no distillation term to log
+    assert set(logs) == {"loss", "ce", "kd"} and logs["kd"] == 0  # no distillation term: kd is 0
 
 
 def test_warmup_factor_scales_distillation_term():

@@ -3,6 +3,8 @@ params keys its script declares, so `dvc exp run -S key=value` re-runs what it m
 and nothing else."""
 import ast
 import importlib
+import io
+import re
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,8 @@ def code_closure(module: str) -> set[str]:
     return {str(p.relative_to(ROOT)) for p in seen}
 
 
-STAGES = sorted(name for name, stage in PIPELINE.items() if stage["cmd"].startswith("python -m stages."))
+STAGE_COMMAND = "stages/python -m stages."  # stages/python: the venv's interpreter, found from any copy
+STAGES = sorted(name for name, stage in PIPELINE.items() if stage["cmd"].startswith(STAGE_COMMAND))
 
 
 def test_every_stage_runs_a_stage_script():
@@ -76,3 +79,31 @@ def test_params_are_exactly_what_the_script_declares(stage):
         assert declared == ["params.yaml"] or declared == [{"params.yaml": None}]
     else:
         assert declared == script.PARAMS
+
+
+def write_code_deps(path: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite every stage's code deps in dvc.yaml to its code closure, keeping its other deps
+    (data, models) after them and the file's comments: `python tests/test_dvc_pipeline.py`."""
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    yaml_rt.width, yaml_rt.preserve_quotes = 120, True
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)
+    pipeline = yaml_rt.load(path.read_text())
+    for stage in pipeline["stages"].values():
+        deps = stage["deps"]
+        others = [(d, deps.ca.items.get(i)) for i, d in enumerate(deps) if not str(d).endswith(".py")]
+        code = sorted(code_closure(stage["cmd"].split()[2]), key=lambda d: (not d.startswith("stages/"), d))
+        deps.ca.items.clear()
+        deps[:] = code + [d for d, _ in others]
+        for i, (_, comment) in enumerate(others, start=len(code)):
+            if comment is not None:
+                deps.ca.items[i] = comment
+    text = io.StringIO()
+    yaml_rt.dump(pipeline, text)
+    # a blank line before every stage and the top-level plots
+    path.write_text(re.sub(r"(?m)(?<=\S\n)(?=(  [a-z_]+|plots):\n)", "\n", text.getvalue()))
+
+
+if __name__ == "__main__":
+    write_code_deps()

@@ -138,8 +138,11 @@ def test_write_reports(data, tmp_path):
     written = evaluate.write_reports(results, tmp_path / "reports", tmp_path / "metrics" / "evaluate.json")
     summary = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert list(summary) == ["student_float", "student_int8", "teacher"]
-    assert set(summary["teacher"]) == set(metrics.SUMMARY_KEYS)
+    assert set(summary["teacher"]) == {*metrics.SUMMARY_KEYS, "per_device_accuracy"}
     assert summary["teacher"]["accuracy"] == pytest.approx(results["teacher"]["accuracy"], abs=1e-5)
+    per_device = results["student_int8"]["per_device"]
+    assert summary["student_int8"]["per_device_accuracy"] == {
+        d: pytest.approx(v["accuracy"], abs=1e-5) for d, v in per_device.items()}
     for name, result in results.items():
         with open(written[f"confusion_{name}_csv"]) as f:
             rows = list(csv.DictReader(f))
@@ -163,7 +166,7 @@ def test_summary_omits_missing_figures():
     result = metrics.evaluate_predictions(np.eye(2) * 3, [0, 1], ["a", "a"], ["a"], ["x", "y"])
     assert metrics.summary({"m": result}) == {"m": {"accuracy": 1.0, "macro_accuracy": 1.0,
                                                      "log_loss": pytest.approx(0.04859, abs=1e-5),
-                                                     "accuracy_seen": 1.0}}
+                                                     "accuracy_seen": 1.0, "per_device_accuracy": {"a": 1.0}}}
     assert "unseen" not in evaluate.results_markdown({"m": result}).split("## Accuracy per device")[1]
 
 

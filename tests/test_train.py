@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -75,7 +76,7 @@ def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume
         data = RecordingCrops(recordings, "train", CLIP, 200, crops_per_recording=4, seed=settings.seed)
         validate = classification_validator(ClipSource(clips, "evaluate"), frontend, 8, rt.device)
         result = fit(model, ce_step(frontend, fail_at_epoch), data, settings,
-                     Outputs(out / "last.pt", out / "best.pt", out / "history.csv"), META, rt,
+                     Outputs(out / "model.pt", out / "last.pt", out / "best.pt", out / "history.csv"), META, rt,
                      validate_fn=validate, resume_key=resume_key)
     return result, model.state_dict()
 
@@ -132,7 +133,8 @@ def test_tiny_training_learns_and_writes_outputs(reference_run):
     assert history[-1]["val_accuracy"] > 0.3  # chance is 0.1
     assert history[0]["lr"] == pytest.approx(0.01 * math.exp(-5))
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), pd.DataFrame(history), check_dtype=False)
-    last, best = torch.load(out / "last.pt"), torch.load(out / "best.pt")
+    assert not (out / "last.pt").exists()  # the resume checkpoint goes once the run is complete
+    last, best = torch.load(out / "model.pt"), torch.load(out / "best.pt")
     assert {k: last[k] for k in META} == META and last["epoch"] == 4
     assert best["epoch"] == result.best["epoch"]
     assert result.best["val_accuracy"] == max(row["val_accuracy"] for row in history)
@@ -150,13 +152,23 @@ def test_same_seed_gives_identical_runs(stores, reference_run, tmp_path):
 def test_resumed_run_equals_uninterrupted_run(stores, reference_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(stores, tmp_path, train_settings(), fail_at_epoch=2, resume_key={"dkd": 1})
-    assert torch.load(tmp_path / "last.pt")["epoch"] == 2
+    assert torch.load(tmp_path / "last.pt")["epoch"] == 2 and not (tmp_path / "model.pt").exists()
     result, state = train(stores, tmp_path, train_settings(), resume_key={"dkd": 1})
     assert result.history == reference_run[0].history
     for key, value in state.items():
         torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
-    ref_last, last = torch.load(reference_run[2] / "last.pt"), torch.load(tmp_path / "last.pt")
+    ref_last, last = torch.load(reference_run[2] / "model.pt"), torch.load(tmp_path / "model.pt")
     torch.testing.assert_close(last["optimizer"], ref_last["optimizer"], rtol=0, atol=0)
+
+
+def test_complete_resume_checkpoint_gives_the_model_without_training(stores, reference_run, tmp_path):
+    """Killed after the last epoch's checkpoint but before the final model was written."""
+    shutil.copy(reference_run[2] / "model.pt", tmp_path / "last.pt")
+    result, state = train(stores, tmp_path, train_settings(), fail_at_epoch=0)  # any epoch would raise
+    assert result.history == reference_run[0].history and not (tmp_path / "last.pt").exists()
+    for key, value in state.items():
+        torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
+    assert torch.load(tmp_path / "model.pt")["epoch"] == 4
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(stores, tmp_path):
@@ -191,7 +203,7 @@ def test_torchrun_two_processes_agree_on_weights(stores, tmp_path):
     states = [torch.load(tmp_path / f"state{rank}.pt") for rank in (0, 1)]
     for key, value in states[0].items():
         torch.testing.assert_close(states[1][key], value, rtol=0, atol=0)
-    checkpoint = torch.load(tmp_path / "last.pt")
+    checkpoint = torch.load(tmp_path / "model.pt")
     assert checkpoint["epoch"] == 2 and len(pd.read_csv(tmp_path / "history.csv")) == 2
     for key, value in states[0].items():
         torch.testing.assert_close(checkpoint["state_dict"][key], value, rtol=0, atol=0)

@@ -222,6 +222,16 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHA
     return report
 
 
+HEADLINE_KEYS = ("params", "transformer_params", "macs_dcase", "macs_full", "param_memory_bytes",
+                 "param_memory_bytes_float32", "dcase_pass")
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's headline figures and verdicts (the DVC metrics file); the rest is detail."""
+    return {**{k: report[k] for k in HEADLINE_KEYS},
+            **{f"{name}_pass": verdict["pass"] for name, verdict in report["verdicts"].items()}}
+
+
 def _verdict(value: int, limit: int, basis: str) -> dict[str, Any]:
     return {"value": value, "limit": limit, "pass": value <= limit, "basis": basis}
 

@@ -141,8 +141,9 @@ class DistillLoss:
         Without mixing pass only the `_a` arguments. With mixing pass the partner's teacher
         logits and targets (e.g. `teacher[mix.perm]`, `targets[mix.perm]`) and `lam` (B,),
         the weight of source a. `epoch` is 1-based and may be fractional.
-        Logs: loss, ce, and unless method is "none": kd (the warmed-up distillation term as added), kd_weight, and for
-        dkd also tckd, nckd (unweighted, lam-mixed batch means).
+        Logs: loss, ce, kd (the warmed-up distillation term as added: 0 for method "none", so
+        every method's history has the columns the plots name), and unless method is "none":
+        kd_weight, and for dkd also tckd, nckd (unweighted, lam-mixed batch means).
         """
         pairs = [(teacher_logits_a, targets_a)]
         weights: list[float | Tensor] = [1.0]
@@ -168,7 +169,7 @@ class DistillLoss:
             kd = mixed([kd_per_sample(student_logits, z_t, self.temperature) for z_t, _ in pairs])
         else:
             loss = self.ce_weight * ce
-            return loss, {"loss": loss.detach(), "ce": ce.detach()}
+            return loss, {"loss": loss.detach(), "ce": ce.detach(), "kd": torch.zeros_like(ce)}
         weight = warmup_factor(epoch, self.warmup_epochs)
         loss = self.ce_weight * ce + weight * kd
         logs.update(loss=loss, kd=weight * kd, kd_weight=student_logits.new_tensor(weight))

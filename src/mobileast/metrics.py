@@ -155,11 +155,19 @@ def _json(value: float) -> float | None:
 SUMMARY_KEYS = ("accuracy", "macro_accuracy", "log_loss", "accuracy_seen", "accuracy_unseen")
 
 
-def summary(results: Mapping[str, Mapping[str, Any]], digits: int = 5) -> dict[str, dict[str, float]]:
-    """{model: {accuracy, macro_accuracy, log_loss, accuracy_seen, accuracy_unseen}}, rounded.
+def summary(results: Mapping[str, Mapping[str, Any]], digits: int = 5) -> dict[str, dict[str, Any]]:
+    """{model: {accuracy, macro_accuracy, log_loss, accuracy_seen, accuracy_unseen,
+    per_device_accuracy: {device: accuracy}}}, rounded: the DVC metrics of the evaluation.
 
     A figure without clips (e.g. accuracy_unseen when every device was seen) is left
     out rather than written as null, which `dvc metrics diff` cannot compare.
     """
-    return {name: {k: round(r[k], digits) for k in SUMMARY_KEYS if r.get(k) is not None}
-            for name, r in results.items()}
+    def figures(r: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {k: round(r[k], digits) for k in SUMMARY_KEYS if r.get(k) is not None}
+        devices = {d: round(v["accuracy"], digits) for d, v in r.get("per_device", {}).items()
+                   if v["accuracy"] is not None}
+        if devices:
+            out["per_device_accuracy"] = devices
+        return out
+
+    return {name: figures(r) for name, r in results.items()}

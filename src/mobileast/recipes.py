@@ -37,12 +37,13 @@ SPEC_AUGMENTS = ("mixstyle", "cutmix", "masking")
 def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher named by params' `teacher:` section and its checkpoint meta.
 
-    `cnn`: the demo teacher preset on the student's log-mel features. `passt`: PaSST with
+    `cnn`: the demo teacher preset (fields in `teacher.cnn.custom` replaced) on the
+    student's log-mel features. `passt`: PaSST with
     the AudioSet weights from the local file `teacher.passt.checkpoint`; it takes the
     waveform and computes its own features.
     """
     if teacher["arch"] == "cnn":
-        model = build_preset(teacher["cnn"]["preset"])
+        model = build_preset(teacher["cnn"]["preset"], **dict(teacher["cnn"].get("custom") or {}))
         meta_features, kind = dict(features), "logmel"
     elif teacher["arch"] == "passt":
         from mobileast.models.passt import passt_from_checkpoint
@@ -58,10 +59,11 @@ def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tu
 
 
 def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillLoss,
-                    teacher_logits: torch.Tensor | None = None) -> StepFn:
+                    teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> StepFn:
     """The engine's step: augment, frontend, classify, (distillation) loss.
 
     teacher_logits: the whole logits array (rows = grid crops), looked up by batch.row.
+    drop_logs: loss logs left out of the history (the teacher has no distillation term).
     """
     def step(net: nn.Module, batch: Batch, epoch: int, gen: torch.Generator):
         wave, mix = augmenter.wave(batch.wave, gen)
@@ -70,7 +72,7 @@ def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillL
         z_t = None if teacher_logits is None else teacher_logits[batch.row]
         mixed = () if mix is None else (None if z_t is None else z_t[mix.perm], batch.label[mix.perm], mix.lam)
         loss, logs = loss_fn(logits, z_t, batch.label, *mixed, epoch=epoch + 1)
-        return loss, {k: v for k, v in logs.items() if k != "loss"}
+        return loss, {k: v for k, v in logs.items() if k != "loss" and k not in drop_logs}
 
     return step
 
@@ -78,7 +80,7 @@ def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillL
 def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[str, Any],
            params: Mapping[str, Any], augment: Mapping[str, Any], loss_fn: DistillLoss, recordings: Path,
            resampled: Path, crop_hop_s: float, outputs: Outputs, rt: Runtime,
-           teacher_logits: torch.Tensor | None = None) -> None:
+           teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> None:
     """Run the engine on the train recordings, validating on the evaluate clips."""
     seed = params["seed"]
     sample_rate = int(meta["features"]["sample_rate"])
@@ -89,7 +91,8 @@ def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[
                          f"{recordings} has {data.n_rows}: re-run teacher_logits with the same logits.hop_s")
     frontend = frontend_for(meta).to(rt.device)
     augmenter = Augmenter.from_params(augment, sample_rate)
-    step = supervised_step(frontend, augmenter, loss_fn, None if teacher_logits is None else teacher_logits.to(rt.device))
+    step = supervised_step(frontend, augmenter, loss_fn,
+                           None if teacher_logits is None else teacher_logits.to(rt.device), drop_logs)
     validate = classification_validator(ClipSource(resampled, "evaluate"), frontend,
                                         int(section["batch_size"]), rt.device)
     with tracking.start_run(stage, params):
@@ -107,7 +110,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
     with runtime(params["seed"]) as rt:
         model, meta = build_teacher(teacher, params["features"])
         _train("teacher_train", model, meta, teacher["train"], params, augment, DistillLoss(method="none"),
-               recordings, resampled, teacher["train"]["crop_hop_s"], outputs, rt)
+               recordings, resampled, teacher["train"]["crop_hop_s"], outputs, rt, drop_logs=("kd",))
 
 
 def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, logits_dir: Path,

@@ -1,27 +1,56 @@
-"""MLflow tracking of the pipeline's stages (SPEC section 11).
+"""MLflow tracking of the pipeline (SPEC section 11).
 
-The default store is `sqlite:///<project root>/mlflow.db`, its artifacts beside it in
-`mlartifacts/`. The root is that of the real repository even when DVC runs a stage in
-a temporary copy (`dvc exp run --queue` / `--temp` execute in
-`<root>/.dvc/tmp/exps/[standalone/]tmpXXXX`, and set DVC_ROOT to `<root>`), so every
-experiment lands in one store. MLFLOW_TRACKING_URI (e.g. a team server) overrides it.
-Only the main process of a distributed run logs. mlflow is imported on first use: it
-takes about a second to import.
+Store: `sqlite:///<project root>/mlflow.db`, its artifacts beside it in `mlartifacts/`.
+The root is that of the real repository even when DVC runs a stage in a temporary copy
+(`dvc exp run --queue` / `--temp` execute in `<root>/.dvc/tmp/exps/[standalone/]tmpXXXX`,
+and set DVC_ROOT to `<root>`), so every experiment lands in one store.
+MLFLOW_TRACKING_URI (e.g. a team server) overrides it. Only the main process of a
+distributed run logs. mlflow is imported on first use (it takes about a second).
+
+Two kinds of runs:
+- stage runs (`start_run`): one per stage execution that trains or evaluates, named
+  `<experiment>/<stage>`, with the stage's params and per-epoch metrics;
+- summary runs (`sync_summary`, called by the always-run `track` stage): exactly one per
+  DVC experiment state, i.e. per (DVC experiment name, content of dvc.lock), with all
+  params, the final metrics, the reports and the models. It is logged when the store
+  lacks it, so it exists whether the stages ran, were skipped, or were restored from
+  DVC's run cache, and a second `dvc repro` of the same state adds nothing. The stage
+  runs of the experiment not yet grouped are nested under it (tag mlflow.parentRunId),
+  so the UI shows one row per experiment with its stages under it.
+
+Concurrent writers (`dvc queue start -j N`) share the sqlite file: every store call
+retries while sqlite reports "database is locked" (`retry_locked`).
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
+import random
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from mobileast.config import flatten, project_root
 
+# mlflow reports usage to its servers unless told not to; this project runs offline.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 EXPERIMENT = "mobileast"
+WORKSPACE = "workspace"
+SUMMARY_STAGE = "summary"
+PARENT_TAG = "mlflow.parentRunId"
+STATE_TAG = "dvc_state"
+LOCKED = "database is locked"
+LOCK_RETRY_SECONDS = 120.0
+MAX_PARAMS_PER_CALL = 100  # mlflow's limit per log_batch
+T = TypeVar("T")
 
 
 def store_root(cwd: str | Path | None = None) -> Path:
@@ -43,6 +72,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def experiment_name() -> str:
+    """DVC's experiment name (DVC_EXP_NAME, set by `dvc exp run`), else 'workspace'."""
+    return os.environ.get("DVC_EXP_NAME") or WORKSPACE
+
+
 def git_revision() -> str | None:
     """The commit the run is based on: DVC's experiment baseline, else HEAD."""
     if os.environ.get("DVC_EXP_BASELINE_REV"):
@@ -56,22 +90,41 @@ def git_revision() -> str | None:
 
 def run_tags(stage: str) -> dict[str, str]:
     """Tags of every run: DVC experiment name ('workspace' outside `dvc exp run`), stage, git revision."""
-    tags = {"dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"), "stage": stage}
+    tags = {"dvc_experiment": experiment_name(), "stage": stage}
     revision = git_revision()
     if revision:
         tags |= {"git_revision": revision, "mlflow.source.git.commit": revision}
     return tags
 
 
+def retry_locked(fn: Callable[..., T], *args: Any, timeout: float = LOCK_RETRY_SECONDS, **kwargs: Any) -> T:
+    """fn(*args, **kwargs), retried with jittered backoff while the store says "database is locked".
+
+    sqlite lets one writer at a time in; a second queue worker logging at the same moment
+    gets that error once its busy timeout has passed. Any other error is raised at once.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:  # mlflow wraps sqlalchemy's OperationalError in its own type
+            if LOCKED not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(2 * delay, 2.0)
+
+
 @contextmanager
-def _sqlite_lock(uri: str) -> Iterator[None]:
-    """Serialise first use of a sqlite store: concurrent queue workers would race to create its tables."""
+def _sqlite_lock(uri: str, purpose: str = "create") -> Iterator[None]:
+    """Serialise a check-then-write on a sqlite store between processes: first use (concurrent
+    queue workers would race to create its tables), or the lookup and creation of a summary run."""
     if not uri.startswith("sqlite:///"):
         yield
         return
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
+    with open(db.with_name(f"{db.name}.{purpose}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -79,23 +132,39 @@ def _sqlite_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _mlflow() -> Any:
+    import mlflow
+
+    for logger in ("mlflow", "alembic"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    return mlflow
+
+
 def _experiment_id(mlflow: Any, name: str, uri: str) -> str:
     """Id of the named experiment, created if needed; a sqlite store keeps artifacts beside it
     (mlflow's default, ./mlruns of the current directory, would vanish with DVC's temp copies)."""
     with _sqlite_lock(uri):
-        experiment = mlflow.get_experiment_by_name(name)
+        mlflow.set_tracking_uri(uri)
+        experiment = retry_locked(mlflow.get_experiment_by_name, name)
         if experiment is not None:
             return experiment.experiment_id
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-        return mlflow.create_experiment(name, artifact_location=location)
+        return retry_locked(mlflow.create_experiment, name, artifact_location=location)
+
+
+def _log_params(mlflow: Any, params: Mapping[str, Any]) -> None:
+    items = list(flatten(params).items())
+    for start in range(0, len(items), MAX_PARAMS_PER_CALL):
+        retry_locked(mlflow.log_params, dict(items[start:start + MAX_PARAMS_PER_CALL]))
 
 
 @contextmanager
-def start_run(stage: str, params: Mapping[str, Any], experiment_name: str = EXPERIMENT,
-              tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """An MLflow run of a stage with its params (flattened: `dkd.alpha`) and the run tags.
+def start_run(stage: str, params: Mapping[str, Any], mlflow_experiment: str = EXPERIMENT,
+              tags: Mapping[str, str] | None = None, run_name: str | None = None) -> Iterator[Any]:
+    """An MLflow run of a stage (default name `<experiment>/<stage>`) with its params
+    (flattened: `dkd.alpha`) and the run tags.
 
     Yields the mlflow ActiveRun, or None in non-main processes of a distributed run
     (where every logging helper here does nothing). A failing stage marks the run failed.
@@ -103,18 +172,22 @@ def start_run(stage: str, params: Mapping[str, Any], experiment_name: str = EXPE
     if not is_main_process():
         yield None
         return
-    import mlflow
-
-    for logger in ("mlflow", "alembic"):
-        logging.getLogger(logger).setLevel(logging.WARNING)
+    mlflow = _mlflow()
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    experiment_id = _experiment_id(mlflow, experiment_name, uri)
+    experiment_id = _experiment_id(mlflow, mlflow_experiment, uri)
     run_tag = run_tags(stage) | dict(tags or {})
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{run_tag['dvc_experiment']}/{stage}",
-                          tags=run_tag) as run:
-        mlflow.log_params(flatten(params))
+    run = retry_locked(mlflow.start_run, experiment_id=experiment_id,
+                       run_name=run_name or f"{run_tag['dvc_experiment']}/{stage}", tags=run_tag)
+    status = "FAILED"
+    try:
+        _log_params(mlflow, params)
         yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        retry_locked(mlflow.end_run, status)
 
 
 def _active_mlflow() -> Any:
@@ -127,11 +200,132 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log metrics to the active run, if any."""
     mlflow = _active_mlflow()
     if mlflow:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        retry_locked(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Log a local file to the active run, if any."""
     mlflow = _active_mlflow()
     if mlflow:
-        mlflow.log_artifact(str(path), artifact_path)
+        retry_locked(mlflow.log_artifact, str(path), artifact_path)
+
+
+# ----------------------------------------------------------------- summary runs
+
+def state_key(lock: Mapping[str, Any], exclude: Sequence[str] = ()) -> str:
+    """Hash of a dvc.lock's stages (cmd, params, deps and outs hashes), `exclude`d stages left out.
+
+    DVC writes each stage's lock entry as soon as the stage has run or been restored, so
+    a stage running last sees the state of the whole pipeline.
+    """
+    stages = {name: entry for name, entry in lock.get("stages", {}).items() if name not in exclude}
+    if not stages:
+        raise ValueError("dvc.lock has no stages: run the pipeline first")
+    return hashlib.sha256(json.dumps(stages, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class ExperimentSummary:
+    """What a summary run carries.
+
+    artifacts: (local file, artifact directory) pairs. model: the deployed TorchScript
+    model, logged as an MLflow model (pytorch flavour) named `model_name` with
+    `model_metadata` (features, classes, ...) in its MLmodel file when it is registered
+    (the registry takes MLflow models only; importing mlflow.pytorch costs 3 s).
+    """
+
+    params: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    artifacts: Sequence[tuple[Path, str]] = ()
+    model: Path | None = None
+    model_name: str = "student_int8"
+    model_metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    run_id: str
+    created: bool  # False: the store already held this state's summary run
+    adopted: int  # stage runs nested under it by this call
+    model_version: str | None = None  # registry version, when registered
+
+
+def find_summary(client: Any, experiment_id: str, name: str, key: str) -> Any | None:
+    """The summary run of (experiment name, state key), if the store has one."""
+    runs = retry_locked(client.search_runs, [experiment_id],
+                        filter_string=f"tags.{STATE_TAG} = '{key}' and tags.dvc_experiment = '{name}' "
+                                      f"and tags.stage = '{SUMMARY_STAGE}'",
+                        max_results=1)
+    return runs[0] if runs else None
+
+
+def adopt_stage_runs(client: Any, experiment_id: str, name: str, parent_id: str) -> int:
+    """Nest the experiment's ungrouped stage runs under its summary run; returns how many.
+
+    Stage runs are logged before the state they produce is known; every stage run of the
+    DVC experiment `name` that has no parent yet belongs to the state being summarised
+    now (for the workspace: what ran since its previous summary).
+    """
+    runs = retry_locked(client.search_runs, [experiment_id], filter_string=f"tags.dvc_experiment = '{name}'",
+                        max_results=10_000)
+    orphans = [run for run in runs if PARENT_TAG not in run.data.tags
+               and run.data.tags.get("stage") != SUMMARY_STAGE and run.info.run_id != parent_id]
+    for run in orphans:
+        retry_locked(client.set_tag, run.info.run_id, PARENT_TAG, parent_id)
+    return len(orphans)
+
+
+def sync_summary(summary: ExperimentSummary, key: str, register_as: str | None = None,
+                 mlflow_experiment: str = EXPERIMENT) -> SyncResult:
+    """Log the summary run of the current DVC experiment state `key` unless the store has it.
+
+    register_as: also log the model as an MLflow model and register it in the model
+    registry under this name (a new version, tagged with the run's headline metrics).
+    """
+    mlflow = _mlflow()
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    experiment_id = _experiment_id(mlflow, mlflow_experiment, uri)
+    client = MlflowClient(uri)
+    name = experiment_name()
+    with _sqlite_lock(uri, "summary"):
+        existing = find_summary(client, experiment_id, name, key)
+        if existing is not None:
+            return SyncResult(existing.info.run_id, False,
+                              adopt_stage_runs(client, experiment_id, name, existing.info.run_id))
+        return _create_summary(mlflow, client, experiment_id, mlflow_experiment, name, summary, key, register_as)
+
+
+def _create_summary(mlflow: Any, client: Any, experiment_id: str, mlflow_experiment: str, name: str,
+                    summary: ExperimentSummary, key: str, register_as: str | None) -> SyncResult:
+    run_name = name if name != WORKSPACE else f"{WORKSPACE}-{key[:7]}"
+    version = None
+    with start_run(SUMMARY_STAGE, summary.params, mlflow_experiment, {"summary": "true", STATE_TAG: key},
+                   run_name) as run:
+        log_metrics(summary.metrics)
+        for path, directory in summary.artifacts:
+            log_artifact(path, directory)
+        if register_as and summary.model is not None:
+            info = retry_locked(_log_torchscript, mlflow, summary.model, summary.model_name, summary.model_metadata)
+            version = str(retry_locked(mlflow.register_model, info.model_uri, register_as,
+                                       tags=registry_tags(summary.metrics)).version)
+    adopted = adopt_stage_runs(client, experiment_id, name, run.info.run_id)
+    return SyncResult(run.info.run_id, True, adopted, version)
+
+
+def registry_tags(metrics: Mapping[str, float]) -> dict[str, str]:
+    """The headline metrics a registered model version is tagged with (accuracies, memory)."""
+    return {k: str(v) for k, v in metrics.items() if k.endswith(("accuracy", "param_memory_bytes"))}
+
+
+def _log_torchscript(mlflow: Any, path: Path, name: str, metadata: Mapping[str, Any]) -> Any:
+    """Log a TorchScript file as an MLflow pytorch model (loadable with mlflow.pytorch.load_model)."""
+    import mlflow.pytorch
+    import torch
+
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its note on pickle, which TorchScript needs
+    module = torch.jit.load(str(path), map_location="cpu")
+    return mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                    metadata=dict(metadata))

@@ -19,9 +19,10 @@ and checkpoints the classifier only.
   checkpoints therefore need no RNG state.
 - Learning rate: set before every optimiser step from `Schedule.lr` at the fractional
   epoch (epoch + step / steps_per_epoch), a pure function, so it needs no saved state.
-- Checkpoints: `last` after every epoch (atomically), `best` when the selected
-  validation metric improves, the per-epoch history as CSV (for DVC plots), and the
-  history rows as MLflow metrics of the active run (see mobileast.tracking).
+- Checkpoints: `resume` after every epoch (atomically; outside DVC's outputs), `best`
+  when the selected validation metric improves, `model` once at the end, the per-epoch
+  history as CSV (for DVC plots), and the history rows as MLflow metrics of the active
+  run (see mobileast.tracking).
 """
 from __future__ import annotations
 
@@ -178,12 +179,28 @@ ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 
 @dataclass(frozen=True)
 class Outputs:
-    """Files `fit` writes. Declare `last` and `best` with `persist: true` in dvc.yaml so
-    that `dvc repro` after an interruption resumes instead of starting over."""
+    """Files `fit` writes.
 
-    last: Path
+    model: the final checkpoint, written once, after the last epoch (the stage's DVC output).
+    resume: the checkpoint written after every epoch, from which an interrupted run resumes;
+    deleted when the run completes. Keep it out of DVC's declared outputs (see
+    `resume_path`): DVC's run cache, which restores a stage run before instead of training
+    again, refuses stages with `persist: true` outputs.
+    best: the checkpoint of the best validated epoch. history: per-epoch rows as CSV.
+    """
+
+    model: Path
+    resume: Path | None = None
     best: Path | None = None
     history: Path | None = None
+
+
+RESUME_DIR = Path(".resume")  # git- and DVC-ignored, at the project root
+
+
+def resume_path(stage: str) -> Path:
+    """Where the training stage `stage` keeps its per-epoch checkpoint (RESUME_DIR/<stage>.pt)."""
+    return RESUME_DIR / f"{stage}.pt"
 
 
 @dataclass
@@ -222,8 +239,8 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
         outputs: Outputs, meta: Mapping[str, Any], rt: Runtime, *,
         validate_fn: ValidateFn | None = None, select: str = "val_accuracy", mode: str = "max",
         resume_key: Mapping[str, Any] | None = None) -> FitResult:
-    """Train `model` for settings.epochs epochs, resuming from `outputs.last` if it holds
-    an unfinished run of the same settings, meta and resume_key.
+    """Train `model` for settings.epochs epochs, resuming from `outputs.resume` if it holds
+    a run of the same settings, meta and resume_key, and write `outputs.model` at the end.
 
     meta: the checkpoint's model description (arch, config, features, classes).
     resume_key: anything else the run depends on (e.g. the stage's params); a
@@ -259,6 +276,10 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
             tqdm.write(" ".join(f"{k}={v:.5g}" for k, v in row.items()))
         if rt.world_size > 1:
             dist.barrier()  # ranks leave every epoch together, after its checkpoint is written
+    if rt.is_main:
+        _save(outputs.model, _checkpoint(state, model, optimizer, meta, fingerprint, settings))
+        if outputs.resume is not None:
+            outputs.resume.unlink(missing_ok=True)
     return FitResult(state.history, state.best)
 
 
@@ -319,17 +340,20 @@ def _fingerprint(settings: TrainSettings, meta: Mapping[str, Any], resume_key: M
 
 def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
             optimizer: torch.optim.Optimizer, rt: Runtime) -> _State:
-    """Load an unfinished checkpoint of the same run into model and optimizer, else start afresh."""
-    if not outputs.last.is_file():
+    """Load the resume checkpoint of the same run into model and optimizer, else start afresh.
+
+    A checkpoint of all epochs (the final model was not written yet) resumes with no epoch left.
+    """
+    if outputs.resume is None or not outputs.resume.is_file():
         return _State()
-    checkpoint = torch.load(outputs.last, map_location=rt.device)
-    if checkpoint.get("fingerprint") != fingerprint or checkpoint["epoch"] >= epochs:
+    checkpoint = torch.load(outputs.resume, map_location=rt.device)
+    if checkpoint.get("fingerprint") != fingerprint or checkpoint["epoch"] > epochs:
         return _State()
     model.load_state_dict(checkpoint["state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     best = checkpoint["best"] if outputs.best is None or outputs.best.is_file() else None
     if rt.is_main:
-        tqdm.write(f"resuming from {outputs.last} after epoch {checkpoint['epoch']}")
+        tqdm.write(f"resuming from {outputs.resume} after epoch {checkpoint['epoch']}")
     return _State(checkpoint["epoch"], checkpoint["history"], best)
 
 
@@ -364,16 +388,27 @@ def _validate(model: nn.Module, validate_fn: ValidateFn) -> Mapping[str, float]:
     return metrics
 
 
+def _checkpoint(state: _State, model: nn.Module, optimizer: torch.optim.Optimizer, meta: Mapping[str, Any],
+                fingerprint: str, settings: TrainSettings) -> dict[str, Any]:
+    """A checkpoint in the project contract (meta keys, state_dict) with the engine's state."""
+    return {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": state.epoch, "history": state.history, "best": state.best,
+            "settings": asdict(settings), "fingerprint": fingerprint}
+
+
+def _save(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
 def _write_epoch(outputs: Outputs, state: _State, model: nn.Module, optimizer: torch.optim.Optimizer,
                  meta: Mapping[str, Any], fingerprint: str, settings: TrainSettings) -> None:
-    """Write the last (and, if improved, best) checkpoint and the history, each atomically."""
-    checkpoint = {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                  "epoch": state.epoch, "history": state.history, "best": state.best,
-                  "settings": asdict(settings), "fingerprint": fingerprint}
-    paths = [outputs.last] + ([outputs.best] if outputs.best is not None and state.improved else [])
+    """Write the resume (and, if improved, best) checkpoint and the history, each atomically."""
+    checkpoint = _checkpoint(state, model, optimizer, meta, fingerprint, settings)
+    paths = [outputs.resume] + ([outputs.best] if state.improved else [])
     for path in paths:
-        with atomic_output(path) as tmp:
-            torch.save(checkpoint, tmp)
+        if path is not None:
+            _save(path, checkpoint)
     if outputs.history is not None:
         with atomic_output(outputs.history) as tmp:
             pd.DataFrame(state.history).to_csv(tmp, index=False)
