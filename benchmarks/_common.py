@@ -10,15 +10,18 @@ import torch
 from mobileast.config import load_params, project_root
 
 RECORDINGS = Path("data/recordings")
+RESAMPLED = Path("data/resampled")
 
 
 @dataclass(frozen=True)
 class Setup:
-    """What every benchmark starts from: the project, its params, the recordings store."""
+    """What every benchmark starts from: the project, its params, the recordings table and
+    the resampled store (which holds the train recordings' audio)."""
 
     root: Path
     params: dict[str, Any]
     store: Path
+    resampled: Path
     load_before: float  # 1-min load average when the benchmark started
 
     def load_note(self) -> str:
@@ -33,12 +36,12 @@ def setup(threads: int | None) -> Setup:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()[0]
     root = project_root()
-    return Setup(root, load_params(), require_store(root), load_before)
+    return Setup(root, load_params(), require_store(root), root / RESAMPLED, load_before)
 
 
 def require_store(root: Path) -> Path:
-    """data/recordings of the project, or exit telling how to build it."""
+    """data/recordings of the project (over data/resampled), or exit telling how to build it."""
     store = root / RECORDINGS
-    if not ((store / "recordings.csv").is_file() and (store / "train.npy").is_file()):
-        sys.exit(f"{store} is missing: run `dvc repro reassemble` first")
+    if not ((store / "recordings.csv").is_file() and (root / RESAMPLED / "train.npy").is_file()):
+        sys.exit(f"{store} or {root / RESAMPLED} is missing: run `dvc repro reassemble` first")
     return store

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from _common import setup
-from mobileast.data.crops import Batch, RecordingCrops
+from mobileast.data.crops import Batch, RecordingCrops, train_crops
 from mobileast.deploy import frontend_for
 from mobileast.models import build_preset
 from mobileast.recipes import ensemble_logits, load_teachers
@@ -74,7 +74,8 @@ def main() -> None:
     root, params, store = bench.root, bench.params, bench.store
     batch_size = args.batch_size or int(params["logits"]["batch_size"])
     sample_rate = int(params["data"]["sample_rate"])
-    crops = RecordingCrops(store, "train", sample_rate, round(params["logits"]["hop_s"] * sample_rate))
+    crops = train_crops(store, bench.resampled, sample_rate, params["logits"]["hop_s"], "logits.hop_s",
+                        "data.sample_rate")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher_list, described = teachers(root, params, device)
     n_batches = min(args.batches, -(-crops.n_rows // batch_size))

@@ -2,7 +2,7 @@
 
 Times two kinds of optimiser step on the student (params.yaml `student`, `train`):
   full:       what the engine's epoch loop does per batch (mobileast.train._train_epoch):
-              next batch of RecordingCrops.epoch_batches, then mobileast.train.optimizer_step
+              next batch of train_crops.epoch_batches, then mobileast.train.optimizer_step
               (LR from the schedule, the real mobileast.recipes.supervised_step: waveform
               augmentation -> LogMel -> spectrogram augmentation -> student -> DKD loss with
               the teacher-logit lookup, backward, optimizer step);
@@ -43,7 +43,7 @@ from torch import nn
 from _common import setup
 from mobileast.augment import Augmenter, sample_beta
 from mobileast.config import SCENES
-from mobileast.data.crops import Batch, RecordingCrops
+from mobileast.data.crops import Batch, RecordingCrops, train_crops
 from mobileast.deploy import frontend_for
 from mobileast.distill import DistillLoss
 from mobileast.models import build_student
@@ -196,8 +196,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     features = dict(params["features"])
     sample_rate = int(features["sample_rate"])
-    data = RecordingCrops(store, "train", sample_rate, round(params["logits"]["hop_s"] * sample_rate),
-                          int(section["crops_per_recording"]), seed)
+    data = train_crops(store, bench.resampled, sample_rate, params["logits"]["hop_s"], "logits.hop_s",
+                       "features.sample_rate", int(section["crops_per_recording"]), seed)
     logits, logits_note = teacher_logits(root, data.n_rows, seed)
     logits = logits.to(device)
     loss_fn = DistillLoss.from_params(params)
@@ -205,7 +205,7 @@ def main() -> None:
     augmenter = Augmenter.from_params(params["augment"], sample_rate)
 
     torch.manual_seed(seed)
-    net_full = build_student(student).to(device).train()
+    net_full = build_student(student, features).to(device).train()
     net_model = copy.deepcopy(net_full)
     spent: dict[str, float] = defaultdict(float)
     step_fn = supervised_step(TimedFrontend(frontend, spent), TimedAugmenter(augmenter, spent), loss_fn,

@@ -1,20 +1,22 @@
 """Stage complexity: params, MACs (DCASE and full counts) and parameter memory of the
-student (BN folded; memory as stored in the int8 model) -> reports/complexity.json (the
+student (BN folded; memory as stored in the int8 model; input: the 1 s log-mel of the
+checkpoint's features, 1 x 1 x 256 x 64 by default) -> reports/complexity.json (the
 headline figures and verdicts, a DVC metric), reports/complexity_details.json (per block,
 transformer share, verdict bases) and reports/complexity.md."""
 from pathlib import Path
 
 from mobileast.complexity import complexity_report, headline, write_report
 from mobileast.config import write_json
-from mobileast.deploy import load_checkpoint_model, load_deployed
+from mobileast.deploy import input_shape, load_checkpoint_model, load_deployed
+from stages import run
 
 PARAMS: list[str] = []
 
 
 def main() -> None:
-    model, _ = load_checkpoint_model(Path("models/student.pt"))
+    model, meta = load_checkpoint_model(Path("models/student.pt"))
     quantized, _ = load_deployed(Path("models/student_int8.pt"))
-    report = complexity_report(model, stored=quantized)
+    report = complexity_report(model, (1, *input_shape(meta)), stored=quantized)
     write_report(report, Path("reports/complexity_details.json"), Path("reports/complexity.md"),
                  "Complexity of the deployed student (models/student_int8.pt)")
     write_json(Path("reports/complexity.json"), headline(report))
@@ -23,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -16,15 +16,17 @@ import time
 from mobileast.config import atomic_output, project_root, stage_params
 from mobileast.data import DEMO_ROOT
 from mobileast.data.demo import DemoConfig, generate
+from stages import run
 
-PARAMS = ["data.source", "data.workers", "demo"]
+PARAMS = ["data.source", "demo"]
+UNTRACKED = ["data.workers"]  # read, but no dependency: the bytes do not depend on the worker count
 PLACEHOLDER = """data.source is not demo, so the demo dataset was not generated.
 The pipeline reads the dataset at data.root (params.yaml) instead.
 """
 
 
 def main() -> None:
-    params = stage_params(PARAMS)
+    params = stage_params(PARAMS + UNTRACKED)
     source = params["data"]["source"]
     start = time.perf_counter()
     with atomic_output(project_root() / DEMO_ROOT) as tmp:
@@ -39,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -9,6 +9,7 @@ from mobileast.config import flatten, stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.evaluate import evaluate_models, write_reports
 from mobileast.metrics import summary
+from stages import run
 
 PARAMS = ["evaluate"]
 REPORTS = Path("reports")
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,6 +6,7 @@ from mobileast import tracking
 from mobileast.config import flatten, stage_params, write_json
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.quantize import quantize_student
+from stages import run
 
 PARAMS = ["seed", "quant", "logits.hop_s"]
 REPORT = Path("reports/quantize.json")
@@ -30,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

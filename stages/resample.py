@@ -2,6 +2,7 @@
 
 Validates the dataset first (mobileast.data.tau22), then resamples in parallel; the
 store is written to a temporary directory renamed into place when complete.
+`data.workers` is read but is no DVC dependency: the output does not depend on it.
 """
 from __future__ import annotations
 
@@ -10,22 +11,20 @@ import time
 from mobileast.config import atomic_output, project_root, stage_params, write_json
 from mobileast.data import RESAMPLED_DIR, dataset_root
 from mobileast.data.resample import build_store
-from mobileast.data.tau22 import DatasetError
+from stages import run
 
-PARAMS = ["data.source", "data.root", "data.on_bad_file", "data.sample_rate", "data.workers"]
+PARAMS = ["data.source", "data.root", "data.on_bad_file", "data.sample_rate"]
+UNTRACKED = ["data.workers"]  # read, but no dependency: the store is the same for any worker count
 
 
 def main() -> None:
-    data = stage_params(PARAMS)["data"]
+    data = stage_params(PARAMS + UNTRACKED)["data"]
     project = project_root()
     start = time.perf_counter()
-    try:
-        with atomic_output(project / RESAMPLED_DIR) as tmp:
-            report = build_store(dataset_root(data, project), tmp, sample_rate=data["sample_rate"],
-                                 workers=data["workers"], on_bad_file=data["on_bad_file"])
-            write_json(tmp / "report.json", {"source": data["source"], "root": str(data["root"]), **report})
-    except DatasetError as error:
-        raise SystemExit(f"resample: {error}") from None
+    with atomic_output(project / RESAMPLED_DIR) as tmp:
+        report = build_store(dataset_root(data, project), tmp, sample_rate=data["sample_rate"],
+                             workers=data["workers"], on_bad_file=data["on_bad_file"])
+        write_json(tmp / "report.json", {"source": data["source"], **report})
     clips = {fold: summary["clips"] for fold, summary in report["folds"].items()}
     print(f"resample: {clips} clips at {data['sample_rate']} Hz to {RESAMPLED_DIR} in "
           f"{time.perf_counter() - start:.1f} s; downmixed {report['downmixed']['count']}, "
@@ -34,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

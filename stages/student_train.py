@@ -6,6 +6,7 @@ from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.plots import plot_history
 from mobileast.recipes import train_student
 from mobileast.train import Outputs, resume_path
+from stages import run
 
 PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s"]
 HISTORY = Path("reports/student_history.csv")
@@ -19,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

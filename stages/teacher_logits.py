@@ -1,20 +1,23 @@
 """Stage teacher_logits: raw teacher logits on the crop grid of every train recording and
-for every evaluate clip -> data/teacher_logits/, teacher metrics -> reports/teacher_metrics.json."""
+for every evaluate clip -> data/teacher_logits/, teacher metrics -> reports/teacher_metrics.json.
+models/teacher.pt and the `teacher.ensemble` checkpoints (in models/ensemble/) are averaged."""
 from pathlib import Path
 
 from mobileast import tracking
 from mobileast.config import flatten, stage_params, write_json
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.metrics import summary
-from mobileast.recipes import dump_teacher_logits
+from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints
+from stages import run
 
 PARAMS = ["data.sample_rate", "logits", "teacher.ensemble"]
 METRICS = Path("reports/teacher_metrics.json")
+ENSEMBLE_DIR = Path("models/ensemble")  # teacher.ensemble checkpoints live here (a DVC dependency)
 
 
 def main() -> None:
     params = stage_params(PARAMS)
-    checkpoints = [Path("models/teacher.pt"), *map(Path, params["teacher"]["ensemble"])]
+    checkpoints = ensemble_checkpoints(Path("models/teacher.pt"), params["teacher"]["ensemble"], ENSEMBLE_DIR)
     with tracking.start_run("teacher_logits", params):
         result = dump_teacher_logits(params, checkpoints, RECORDINGS_DIR, RESAMPLED_DIR,
                                      Path("data/teacher_logits"))
@@ -25,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,6 +6,7 @@ from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.plots import plot_history
 from mobileast.recipes import train_teacher
 from mobileast.train import Outputs, resume_path
+from stages import run
 
 PARAMS = ["seed", "features", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train", "teacher.augment"]
 HISTORY = Path("reports/teacher_history.csv")
@@ -19,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,6 +6,7 @@ whether the other stages ran, were skipped or were restored from DVC's run cache
 Depends on the whole params.yaml: the summary run records every parameter."""
 from mobileast.config import load_params
 from mobileast.summary import sync
+from stages import run
 
 PARAMS = None  # the whole params.yaml
 
@@ -19,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

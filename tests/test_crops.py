@@ -56,7 +56,7 @@ def make_clip_store(root: Path, fold: str, clips: np.ndarray, scenes: list[str])
     """A tiny resampled store: int16 clips (n, samples) of one fold with their scenes."""
     n, length = clips.shape
     pd.DataFrame({"filename": [f"{s}-{i}.wav" for i, s in enumerate(scenes)], "scene_label": scenes,
-                  "slice": 0, "fold": fold, "offset": np.arange(n) * length, "length": length}
+                  "slice": 0, "device": "a", "fold": fold, "offset": np.arange(n) * length, "length": length}
                  ).to_csv(root / "index.csv", index=False)
     np.save(root / f"{fold}.npy", clips.reshape(-1))
     return root

@@ -10,9 +10,10 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from mobileast.config import atomic_output
-from mobileast.data import resample, tau22
+from mobileast.data import reassemble, resample, tau22
 from mobileast.data.audio import load_mono, to_int16
-from mobileast.data.resample import build_store, read_index
+from mobileast.data.resample import build_store
+from mobileast.data.store import read_index
 from mobileast.data.tau22 import DatasetError
 
 RATE = 32000
@@ -85,14 +86,18 @@ def test_store_layout_and_parallel_equals_serial(tiny_dataset, tmp_path):
     index, clips = read_index(tmp_path / "serial"), tau22.read_clips(tiny_dataset)
     assert list(index.columns) == resample.INDEX_COLUMNS
     assert index.filename.tolist() == clips.filename.tolist()
-    for fold in ("train", "evaluate"):
-        rows = index[index.fold == fold]
-        assert (rows.offset.to_numpy() == np.arange(len(rows)) * RATE).all() and (rows.length == RATE).all()
-        assert np.load(tmp_path / "serial" / f"{fold}.npy").shape == (len(rows) * RATE,)
+    evaluate, train = index[index.fold == "evaluate"], index[index.fold == "train"]
+    assert (evaluate.offset.to_numpy() == np.arange(len(evaluate)) * RATE).all()  # clip by clip
+    np.testing.assert_array_equal(train.offset.to_numpy() // RATE, reassemble.plan_slots(train))  # by recording
+    assert (index.length == RATE).all()
+    slots = reassemble.plan_slots(train)
+    assert np.load(tmp_path / "serial" / "train.npy").shape == ((slots.max() + 1) * RATE,)
+    assert len(set(slots)) == len(train) and slots.max() + 1 > len(train)  # the tiny set misses slices
+    for fold, rows in (("train", train), ("evaluate", evaluate)):
         assert report["folds"][fold]["clips"] == len(rows)
-    name = index.filename[5]
-    expected = to_int16(load_mono(str(tiny_dataset / name), RATE)) / 32768
-    np.testing.assert_array_equal(stored(tmp_path / "serial", name), expected)
+        name = rows.filename.iloc[5]
+        expected = to_int16(load_mono(str(tiny_dataset / name), RATE)) / 32768
+        np.testing.assert_array_equal(stored(tmp_path / "serial", name), expected)
 
 
 def fail_on(monkeypatch: pytest.MonkeyPatch, bad_name: str) -> None:
@@ -117,8 +122,9 @@ def test_unreadable_content_found_while_resampling(tiny_dataset, tmp_path, monke
     index = read_index(tmp_path / "skip")
     assert index.filename.tolist() == [name for name in clips.filename if name != bad]
     assert report["folds"]["evaluate"]["clips"] == (clips.fold == "evaluate").sum() - 1
-    evaluate = index[index.fold == "evaluate"]  # the rows after the bad one moved up
-    expected = [to_int16(load_mono(str(tiny_dataset / name), RATE)) for name in evaluate.filename]
+    evaluate = clips[clips.fold == "evaluate"].filename  # the bad clip's row stays zero, out of the index
+    expected = [np.zeros(RATE, np.int16) if name == bad else to_int16(load_mono(str(tiny_dataset / name), RATE))
+                for name in evaluate]
     np.testing.assert_array_equal(np.load(tmp_path / "skip" / "evaluate.npy"), np.concatenate(expected))
 
 

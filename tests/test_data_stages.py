@@ -47,8 +47,9 @@ def test_demo_pipeline(project):
     report = json.loads((project / "data/resampled/report.json").read_text())
     assert report["source"] == "demo" and report["sample_rate"] == 16000 and report["skipped"] == []
     recordings = json.loads((project / "data/recordings/report.json").read_text())
-    assert recordings["folds"]["train"]["clips"] == report["folds"]["train"]["clips"]
+    assert recordings["clips"] == report["folds"]["train"]["clips"]
     assert sorted(p.name for p in (project / "data").iterdir()) == ["demo", "recordings", "resampled"]
+    assert sorted(p.name for p in (project / "data/recordings").iterdir()) == ["recordings.csv", "report.json"]
 
 
 def test_tau22_source_with_a_bad_file_fails_cleanly(project, tiny_dataset):
@@ -67,3 +68,36 @@ def test_demo_source_requires_the_demo_root(project):
     set_data_params(project, root="elsewhere")
     result = run_stage(project, "resample")
     assert result.returncode != 0 and "data.root must be data/demo" in result.stderr
+
+
+def test_moving_the_dataset_or_changing_workers_leaves_the_store_unchanged(project, tiny_dataset, tmp_path):
+    """The resampled store (DVC's hash of it) depends on the audio, not on where it lies."""
+    digests = []
+    for workers in (1, 2):
+        root = tiny_dataset if workers == 1 else tiny_dataset.rename(tmp_path / "moved")
+        set_data_params(project, source="tau22", root=str(root), workers=workers)
+        assert run_stage(project, "resample").returncode == 0
+        digests.append({p.name: p.read_bytes() for p in (project / "data/resampled").iterdir()})
+    assert digests[0] == digests[1]
+    assert str(tmp_path) not in (project / "data/resampled/report.json").read_text()
+
+
+def test_a_typo_in_params_stops_the_stage_naming_it(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["on_bad_fle"] = params["data"].pop("on_bad_file")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(project, "demo_data")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "unknown key 'on_bad_fle' in section 'data' (known keys: on_bad_file, root, sample_rate, source, " \
+           "workers)" in result.stderr
+
+
+def test_a_killed_stage_leaves_a_scratch_directory_that_the_next_run_removes(project):
+    script = ("import os, signal\nfrom mobileast.config import atomic_output\n"
+              "with atomic_output('data/resampled') as tmp:\n    tmp.mkdir()\n    (tmp / 'part').write_text('x')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", script], cwd=project, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert (project / "data/.resampled.tmp").is_dir()
+    for stage in ("demo_data", "resample"):
+        assert run_stage(project, stage).returncode == 0
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["demo", "resampled"]

@@ -79,6 +79,8 @@ def test_params_are_exactly_what_the_script_declares(stage):
         assert declared == ["params.yaml"] or declared == [{"params.yaml": None}]
     else:
         assert declared == script.PARAMS
+    # params read but declared as no dependency: outputs must not depend on them
+    assert set(getattr(script, "UNTRACKED", [])) <= {"data.workers"}
 
 
 def write_code_deps(path: Path = ROOT / "dvc.yaml") -> None:

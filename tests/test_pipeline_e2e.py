@@ -1,9 +1,10 @@
 """The whole pipeline as a user runs it, in a fresh copy of this checkout.
 
 One copy of the working tree (tracked and untracked-but-not-ignored files, committed in
-a new git repository, no DVC cache, no MLflow store) with tiny params, reading a tiny
-generated dataset in TAU22 layout (`data.source: tau22`) that has missing slices and
-one 48 kHz stereo file. Then, in order: `dvc repro` (all stages), `dvc repro` again
+a new git repository, no DVC cache, no MLflow store) with the `tau22-sub1` profile
+applied (`python -m mobileast profile tau22-sub1 --apply`) and tiny sizes and one epoch
+set on top, reading a tiny generated dataset in TAU22 layout (`data.source: tau22`) that
+has missing slices and one 48 kHz stereo file. Then, in order: `dvc repro` (all stages), `dvc repro` again
 (nothing but `track`, no new MLflow run), `dvc exp run -S dkd.alpha=5` (student_train
 and later only), `dvc exp run -S dkd.alpha=1` (student_train restored from DVC's run
 cache), checking DVC's and MLflow's views after each step.
@@ -25,28 +26,22 @@ import yaml
 
 from mobileast.data.audio import resample
 from mobileast.data.demo import generate
+from mobileast.profiles import yaml_value
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {  # dotted key -> value, over the repository's params.yaml
-    "data.source": "tau22", "data.workers": 1,
+TINY = {  # dotted key -> value, over the tau22-sub1 profile: one epoch, tiny models, DKD alpha 1 for the baseline
+    "data.workers": 1, "dkd.alpha": 1,
     "teacher.cnn.custom": {"stem_channels": 8, "channels": [8, 16]},
     "teacher.train.epochs": 1, "teacher.train.batch_size": 8, "teacher.train.crops_per_recording": 1,
     "logits.batch_size": 64,
     "student.custom": {"stem_channels": 8, "c1": 8, "c2": 8, "c3": 8, "c_out": 16, "d_local": 8, "d_mlp": 16,
                        "depth": 1},
-    "train.epochs": 1, "train.batch_size": 8, "train.crops_per_recording": 1,
+    "train.epochs": 1, "train.batch_size": 8,
     "quant.calib_batches": 2, "quant.batch_size": 8,
     "evaluate.batch_size": 64,
 }
 ALL_STAGES = {"demo_data", "resample", "reassemble", "teacher_train", "teacher_logits", "student_train",
               "quantize", "complexity", "evaluate", "track"}
-
-
-def set_dotted(params: dict, key: str, value) -> None:
-    *parents, leaf = key.split(".")
-    for name in parents:
-        params = params[name]
-    params[leaf] = value
 
 
 def copy_checkout(target: Path) -> None:
@@ -122,13 +117,10 @@ def project(tmp_path_factory) -> Project:
     dataset = tiny_tau22_dataset(base / "tau22")
     root = base / "checkout"
     copy_checkout(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for key, value in TINY.items():
-        set_dotted(params, key, value)
-    params["data"]["root"] = str(dataset)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".venv").symlink_to(Path(sys.prefix))  # what `make` creates in a fresh clone
     project = Project(root)
+    sets = [f"--set={key}={yaml_value(value)}" for key, value in {**TINY, "data.root": str(dataset)}.items()]
+    project.run(str(root / ".venv/bin/python"), "-m", "mobileast", "profile", "tau22-sub1", "--apply", *sets)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         project.run(*command)
@@ -157,6 +149,9 @@ def test_repro_runs_every_stage_and_a_second_repro_only_track(project, baseline)
     report = json.loads((project.root / "data/resampled/report.json").read_text())
     assert report["downmixed"]["count"] == 1 and report["other_rates"]["rates"] == {"48000": 1}
     assert json.loads((project.root / "data/recordings/report.json").read_text())["incomplete"]
+    assert sorted(p.name for p in (project.root / "data/recordings").iterdir()) == ["recordings.csv", "report.json"]
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    assert params["student"]["preset"] == "sub1" and params["dkd"]["beta"] == 10 and params["train"]["epochs"] == 1
     _, runs = project.summary_runs()
     assert [r.data.params["dkd.alpha"] for r in runs if r.data.tags.get("summary") == "true"] == ["1"]
 

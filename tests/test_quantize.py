@@ -191,21 +191,22 @@ def stores(tmp_path):
     recordings.mkdir()
     resampled.mkdir()
     make_recordings_store(recordings, {"train": [[0, 1, 2], [0, 2, 3, 4], [1, 2]]}, clip_samples=32000)
+    (recordings / "train.npy").rename(resampled / "train.npy")  # as in the pipeline: the table over the resampled audio
     clips = (np.random.default_rng(0).standard_normal((10, 32000)) * 3000).astype(np.int16)
     make_clip_store(resampled, "evaluate", clips, list(SCENES))
     return recordings, resampled
 
 
 def test_calibration_batches_are_seeded_distinct_grid_crops(stores):
-    recordings, _ = stores
-    batches = list(quantize.calibration_batches(recordings, FEATURES, 3, 4, hop_s=0.5, seed=3))
+    recordings, resampled = stores
+    batches = list(quantize.calibration_batches(recordings, resampled, FEATURES, 3, 4, hop_s=0.5, seed=3))
     assert [b.shape for b in batches] == [(4, 1, 256, 64)] * 3
-    again = list(quantize.calibration_batches(recordings, FEATURES, 3, 4, hop_s=0.5, seed=3))
+    again = list(quantize.calibration_batches(recordings, resampled, FEATURES, 3, 4, hop_s=0.5, seed=3))
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
-    other = torch.cat(list(quantize.calibration_batches(recordings, FEATURES, 3, 4, hop_s=0.5, seed=4)))
+    other = torch.cat(list(quantize.calibration_batches(recordings, resampled, FEATURES, 3, 4, hop_s=0.5, seed=4)))
     assert not torch.equal(torch.cat(batches), other)
     # every example is the log-mel of a different 1 s crop on the 0.5 s grid
-    crops = RecordingCrops(recordings, "train", 32000, 16000)
+    crops = RecordingCrops(recordings, "train", 32000, 16000, audio_dir=resampled)
     with torch.no_grad():
         grid = LogMel(**FEATURES)(crops.load(np.arange(crops.n_rows)).wave)
     found = [[j for j in range(len(grid)) if torch.equal(x, grid[j])] for x in torch.cat(batches)]
@@ -235,7 +236,7 @@ def test_quantize_student_writes_deployable_int8_model(stores, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.pt", "rec", "res", "student.pt"]
 
 def test_partly_consumed_calibration_batches_leave_grad_mode_alone(stores):
-    recordings, _ = stores
-    batches = quantize.calibration_batches(recordings, FEATURES, 3, 4, hop_s=0.5, seed=3)
+    recordings, resampled = stores
+    batches = quantize.calibration_batches(recordings, resampled, FEATURES, 3, 4, hop_s=0.5, seed=3)
     next(batches)
     assert torch.is_grad_enabled()

@@ -1,6 +1,7 @@
 """Training engine: schedules, determinism, exact resume, learning, distributed run."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -221,3 +222,16 @@ def test_fit_logs_every_epoch_to_the_active_mlflow_run(stores, tmp_path, monkeyp
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [(m.step, m.value) for m in history] == [(row["epoch"], row["val_accuracy"]) for row in result.history]
     assert client.get_run(run.info.run_id).data.params == {"teacher.train.epochs": "2"}
+
+
+def test_validate_every_validates_on_its_epochs_and_the_last(stores, tmp_path):
+    from mobileast.plots import plot_history
+
+    result, _ = train(stores, tmp_path, dataclasses.replace(train_settings(epochs=5), validate_every=2))
+    assert [("val_accuracy" in row) for row in result.history] == [False, True, False, True, True]
+    assert result.best["epoch"] in (2, 4, 5)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["val_loss"].isna().tolist() == [True, False, True, False, False]
+    plot_history(tmp_path / "history.csv", tmp_path / "history.png")
+    with pytest.raises(ValueError, match="validate_every"):
+        dataclasses.replace(train_settings(), validate_every=0)

@@ -8,6 +8,7 @@ COMMANDS = {
     "complexity": ("mobileast.complexity", "params, MACs and parameter memory of a model"),
     "predict": ("mobileast.predict", "scene label and class probabilities for WAV files"),
     "download": ("mobileast.data.download", "download and verify the TAU22 development set"),
+    "profile": ("mobileast.profiles", "params overrides of the report's TAU22 setups (list, print, apply)"),
 }
 
 

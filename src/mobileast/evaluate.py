@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from mobileast.config import SCENES, atomic_output, write_json
-from mobileast.data.crops import ClipSource
+from mobileast.data.crops import ClipSource, check_clip_rate
 from mobileast.data.reassemble import read_recordings
-from mobileast.deploy import frontend_for, load_model_any
+from mobileast.deploy import feature_args, frontend_for, load_model_any
 from mobileast.metrics import evaluate_predictions, summary
 from mobileast.plots import save_figure
 from mobileast.train import predict
@@ -142,8 +143,7 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
     (PyTorch's int8 kernels are CPU-only); float models on the GPU when there is one.
     """
     clips = ClipSource(resampled, "evaluate")
-    table = read_recordings(recordings)
-    train_devices = sorted(set(table.loc[table["fold"] == "train", "device"]))
+    train_devices = sorted(set(read_recordings(recordings)["device"]))
     devices = clips.table["device"].to_numpy()
 
     def metrics(logits: np.ndarray) -> dict[str, Any]:
@@ -154,8 +154,12 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
         model, meta = load_model_any(path)
         if list(meta["classes"]) != list(SCENES):
             raise ValueError(f"{path}: classes {meta['classes']} differ from {list(SCENES)}")
+        check_clip_rate(clips.clip_samples, int(feature_args(meta["features"])["sample_rate"]),
+                        f"the sample rate of {path}", resampled)
         device = torch.device("cpu" if meta.get("quantized") or not torch.cuda.is_available() else "cuda")
-        logits = predict(model.to(device), frontend_for(meta).to(device), clips.batches(batch_size), device)
+        batches = tqdm(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
+                       unit="batch", disable=None, mininterval=1)
+        logits = predict(model.to(device), frontend_for(meta).to(device), batches, device)
         results[name] = metrics(logits.numpy())
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))

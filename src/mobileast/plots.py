@@ -26,7 +26,8 @@ def plot_history(csv_path: str | Path, png_path: str | Path, title: str = "train
     """Training curves PNG from a per-epoch history CSV (as mobileast.train writes).
 
     x = the `epoch` column (else the row number); one panel per quantity, with its
-    train_/val_ variants on the same axes (e.g. train_loss and val_loss together).
+    train_/val_ variants on the same axes (e.g. train_loss and val_loss together); empty
+    cells (epochs without validation) are left out of their curve.
     """
     history = pd.read_csv(csv_path)
     if history.empty:
@@ -44,7 +45,8 @@ def plot_history(csv_path: str | Path, png_path: str | Path, title: str = "train
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, (name, columns) in zip(axes, panels.items()):
         for column in columns:
-            ax.plot(x, history[column], marker=".", label=column)
+            present = history[column].notna()  # val_* only on validated epochs (train.validate_every)
+            ax.plot(x[present], history[column][present], marker=".", label=column)
         ax.set_title(name if len(columns) > 1 else columns[0])
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

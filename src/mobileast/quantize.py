@@ -57,7 +57,7 @@ from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObser
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from mobileast.complexity import LIMIT_PARAM_MEMORY_BYTES, param_memory_bytes
-from mobileast.data.crops import ClipSource, RecordingCrops
+from mobileast.data.crops import evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model, load_deployed, save_deployed
 from mobileast.features import LogMel
 from mobileast.models.mobileast import fold_bn
@@ -149,15 +149,15 @@ def quantize_model(model: nn.Module, calib_inputs: Iterable[torch.Tensor], float
         return convert_fx(prepared)
 
 
-def calibration_batches(recordings: str | Path, features: Mapping[str, Any], n_batches: int,
-                        batch_size: int, hop_s: float, seed: int) -> Iterator[torch.Tensor]:
+def calibration_batches(recordings: str | Path, resampled: str | Path, features: Mapping[str, Any],
+                        n_batches: int, batch_size: int, hop_s: float, seed: int) -> Iterator[torch.Tensor]:
     """`n_batches` log-mel batches of random 1 s crops of the train recordings.
 
     Crops are drawn uniformly, without replacement, from the teacher-logit crop grid
     (hop `hop_s`: the crops the student trained on); which ones depends only on `seed`.
     """
-    sample_rate = int(features["sample_rate"])
-    crops = RecordingCrops(recordings, "train", sample_rate, round(hop_s * sample_rate))
+    crops = train_crops(recordings, resampled, int(features["sample_rate"]), hop_s, "logits.hop_s",
+                        "the student's features.sample_rate")
     n = n_batches * batch_size
     rows = np.random.default_rng(seed).choice(crops.n_rows, size=n, replace=n > crops.n_rows)
     frontend = LogMel(**features).eval()
@@ -207,11 +207,11 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     parts = {"float_modules": select_modules(model, quant["float_modules"]),
              "dynamic_modules": dynamic_module_names(model, quant["dynamic_modules"])}
     n_batches, batch_size = int(quant["calib_batches"]), int(quant["batch_size"])
-    calib = calibration_batches(recordings, meta["features"], n_batches, batch_size, hop_s, seed)
+    calib = calibration_batches(recordings, resampled, meta["features"], n_batches, batch_size, hop_s, seed)
     qmodel = quantize_model(model, calib, **parts)
     save_quantized(qmodel, out, {**meta, "quantized": True, "quant_engine": ENGINE, **parts})
     deployed, _ = load_deployed(out)
-    clips = ClipSource(resampled, "evaluate")
+    clips = evaluate_clips(resampled, int(meta["features"]["sample_rate"]), "the student's features.sample_rate")
     step = max(1, math.ceil(math.ceil(len(clips) / batch_size) / n_batches))
     frontend = frontend_for(meta)
     inputs = (frontend(batch.wave) for batch in itertools.islice(clips.batches(batch_size), 0, None, step))

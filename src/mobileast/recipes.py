@@ -9,7 +9,10 @@ Choices worth knowing:
   held-out fold); it is logged per epoch for the learning curves, but the final model is
   the LAST epoch's, never one picked on that fold.
 - Student crops come from the teacher-logit grid (RecordingCrops with hop logits.hop_s), so
-  the teacher logits of a crop are one array lookup: teacher_logits[batch.row].
+  the teacher logits of a crop are one array lookup: teacher_logits[batch.row]. The dump
+  saves its grid (train_index.npy) and the student checks it equals its own.
+- Params that must agree are checked before any work: the stores' clip length against
+  features.sample_rate / data.sample_rate, and the crop-grid hops against the clip length.
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mobileast import tracking
 from mobileast.augment import Augmenter
-from mobileast.config import SCENES, atomic_output
-from mobileast.data.crops import Batch, ClipSource, RecordingCrops
+from mobileast.config import SCENES, ParamsError, atomic_output
+from mobileast.data.crops import Batch, RecordingCrops, evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
 from mobileast.metrics import evaluate_predictions
@@ -77,23 +81,23 @@ def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillL
     return step
 
 
+def _rate_key(meta: Mapping[str, Any]) -> str:
+    """What sets a model's input sample rate, for error messages."""
+    return "features.sample_rate" if meta["input"] == "logmel" else "the PaSST teacher's input rate"
+
+
 def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[str, Any],
-           params: Mapping[str, Any], augment: Mapping[str, Any], loss_fn: DistillLoss, recordings: Path,
-           resampled: Path, crop_hop_s: float, outputs: Outputs, rt: Runtime,
+           params: Mapping[str, Any], augment: Mapping[str, Any], loss_fn: DistillLoss,
+           resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime,
            teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> None:
-    """Run the engine on the train recordings, validating on the evaluate clips."""
+    """Run the engine on the train crops `data`, validating on the evaluate clips."""
     seed = params["seed"]
     sample_rate = int(meta["features"]["sample_rate"])
-    data = RecordingCrops(recordings, "train", sample_rate, round(crop_hop_s * sample_rate),
-                          int(section["crops_per_recording"]), seed)
-    if teacher_logits is not None and len(teacher_logits) != data.n_rows:
-        raise ValueError(f"teacher logits have {len(teacher_logits)} rows but the crop grid of "
-                         f"{recordings} has {data.n_rows}: re-run teacher_logits with the same logits.hop_s")
     frontend = frontend_for(meta).to(rt.device)
     augmenter = Augmenter.from_params(augment, sample_rate)
     step = supervised_step(frontend, augmenter, loss_fn,
                            None if teacher_logits is None else teacher_logits.to(rt.device), drop_logs)
-    validate = classification_validator(ClipSource(resampled, "evaluate"), frontend,
+    validate = classification_validator(evaluate_clips(resampled, sample_rate, _rate_key(meta)), frontend,
                                         int(section["batch_size"]), rt.device)
     with tracking.start_run(stage, params):
         fit(model, step, data, TrainSettings.from_params(section, seed), outputs, meta, rt,
@@ -104,13 +108,27 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
     """Stage teacher_train: train (or fine-tune) the teacher with cross-entropy.
     `params`: exactly the keys the stage declares in dvc.yaml."""
     teacher = params["teacher"]
-    augment = teacher["augment"]
+    augment, section = teacher["augment"], teacher["train"]
     if teacher["arch"] == "passt" and any(augment[name]["enabled"] for name in SPEC_AUGMENTS):
-        raise ValueError(f"teacher.augment: PaSST applies its own SpecAugment; disable {', '.join(SPEC_AUGMENTS)}")
+        raise ParamsError(f"teacher.augment: PaSST applies its own SpecAugment; disable {', '.join(SPEC_AUGMENTS)}")
     with runtime(params["seed"]) as rt:
         model, meta = build_teacher(teacher, params["features"])
-        _train("teacher_train", model, meta, teacher["train"], params, augment, DistillLoss(method="none"),
-               recordings, resampled, teacher["train"]["crop_hop_s"], outputs, rt, drop_logs=("kd",))
+        rate = int(meta["features"]["sample_rate"])
+        data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
+                           _rate_key(meta), int(section["crops_per_recording"]), params["seed"])
+        _train("teacher_train", model, meta, section, params, augment, DistillLoss(method="none"),
+               resampled, data, outputs, rt, drop_logs=("kd",))
+
+
+def load_logits(logits_dir: Path, crops: RecordingCrops) -> torch.Tensor:
+    """The dumped train logits, checked to be those of exactly this crop grid (same
+    recordings, same crop starts), so that row r is the teacher's output on crop r."""
+    grid = np.load(logits_dir / "train_index.npy")
+    if not np.array_equal(grid, crops.grid()):
+        raise ParamsError(f"{logits_dir}: the teacher logits were dumped on another crop grid "
+                          f"({len(grid)} crops) than the student's ({crops.n_rows} crops of these recordings "
+                          "at logits.hop_s): re-run the teacher_logits stage (dvc repro teacher_logits)")
+    return torch.from_numpy(np.load(logits_dir / "train.npy"))
 
 
 def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, logits_dir: Path,
@@ -118,16 +136,17 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
     """Stage student_train: MobileAST_Light with DKD (or KD, or CE) from the teacher logits.
     `params`: exactly the keys the stage declares in dvc.yaml."""
     loss_fn = DistillLoss.from_params(params)
-    teacher_logits = None
-    if loss_fn.method != "none":
-        teacher_logits = torch.from_numpy(np.load(logits_dir / "train.npy"))
+    features, section = params["features"], params["train"]
+    data = train_crops(recordings, resampled, int(features["sample_rate"]), params["logits"]["hop_s"],
+                       "logits.hop_s", "features.sample_rate", int(section["crops_per_recording"]), params["seed"])
+    teacher_logits = None if loss_fn.method == "none" else load_logits(logits_dir, data)
     with runtime(params["seed"]) as rt:
-        model = build_student(params["student"])
+        model = build_student(params["student"], features)
         arch, config = model_spec(model)
-        meta = {"arch": arch, "config": config, "features": dict(params["features"]),
-                "classes": list(SCENES), "input": "logmel"}
-        _train("student_train", model, meta, params["train"], params, params["augment"], loss_fn,
-               recordings, resampled, params["logits"]["hop_s"], outputs, rt, teacher_logits)
+        meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
+                "input": "logmel"}
+        _train("student_train", model, meta, section, params, params["augment"], loss_fn,
+               resampled, data, outputs, rt, teacher_logits)
 
 
 def load_teachers(checkpoints: Sequence[Path], device: torch.device) -> list[tuple[nn.Module, nn.Module]]:
@@ -139,30 +158,53 @@ def load_teachers(checkpoints: Sequence[Path], device: torch.device) -> list[tup
     return teachers
 
 
-def ensemble_logits(teachers: Sequence[tuple[nn.Module, nn.Module]], batches_fn, device: torch.device) -> np.ndarray:
+def ensemble_logits(teachers: Sequence[tuple[nn.Module, nn.Module]], batches_fn, n_batches: int,
+                    device: torch.device, desc: str) -> np.ndarray:
     """Mean logits of the teachers over the batches that `batches_fn()` yields, float32."""
-    total = sum(predict(model, frontend, batches_fn(), device) for model, frontend in teachers)
+    total = 0
+    for i, (model, frontend) in enumerate(teachers, 1):
+        batches = tqdm(batches_fn(), total=n_batches, desc=f"{desc} (teacher {i}/{len(teachers)})", unit="batch",
+                       disable=None, mininterval=1)
+        total = total + predict(model, frontend, batches, device)
     return (total / len(teachers)).numpy().astype(np.float32)
+
+
+def ensemble_checkpoints(main: Path, ensemble: Sequence[str | Path], ensemble_dir: Path) -> list[Path]:
+    """The teacher checkpoints: `main`, then `teacher.ensemble`, each of which must lie in
+    `ensemble_dir` (a DVC dependency of the stage, so the logits follow their content)."""
+    extra = [Path(p) for p in ensemble]
+    outside = [str(p) for p in extra if ensemble_dir.resolve() not in p.resolve().parents]
+    if outside:
+        raise ParamsError(f"teacher.ensemble: {', '.join(outside)} not in {ensemble_dir}/: put the extra teacher "
+                          f"checkpoints there, so that DVC tracks them as dependencies of teacher_logits")
+    missing = [str(p) for p in extra if not p.is_file()]
+    if missing:
+        raise ParamsError(f"teacher.ensemble: no such checkpoint {', '.join(missing)}")
+    return [main, *extra]
 
 
 def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], recordings: Path,
                         resampled: Path, out_dir: Path) -> dict[str, Any]:
     """Stage teacher_logits: raw logits of every grid crop of the train recordings and of
     every evaluate clip (ensemble mean over `checkpoints`); returns the teacher's
-    evaluate-fold metrics."""
+    evaluate-fold metrics. Writes train.npy (rows = grid crops), train_index.npy (the
+    grid: recording, start sample) and evaluate.npy."""
     logits_params = params["logits"]
     batch_size = int(logits_params["batch_size"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teachers = load_teachers(checkpoints, device)
     sample_rate = int(params["data"]["sample_rate"])
-    crops = RecordingCrops(recordings, "train", sample_rate, round(logits_params["hop_s"] * sample_rate))
-    clips = ClipSource(resampled, "evaluate")
-    train = ensemble_logits(teachers, lambda: crops.grid_batches(batch_size), device)
-    evaluate = ensemble_logits(teachers, lambda: clips.batches(batch_size), device)
+    crops = train_crops(recordings, resampled, sample_rate, logits_params["hop_s"], "logits.hop_s",
+                        "data.sample_rate")
+    clips = evaluate_clips(resampled, sample_rate, "data.sample_rate")
+    train = ensemble_logits(teachers, lambda: crops.grid_batches(batch_size), -(-crops.n_rows // batch_size),
+                            device, "teacher logits, train crops")
+    evaluate = ensemble_logits(teachers, lambda: clips.batches(batch_size), -(-len(clips) // batch_size),
+                               device, "teacher logits, evaluate clips")
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
         np.save(tmp / "train.npy", train)
-        np.save(tmp / "train_index.npy", crops.row_offsets)
+        np.save(tmp / "train_index.npy", crops.grid())
         np.save(tmp / "evaluate.npy", evaluate)
     train_devices = sorted(set(crops.table["device"]))
     return evaluate_predictions(evaluate, clips.labels, clips.table["device"].to_numpy(), train_devices, list(SCENES))

@@ -109,16 +109,28 @@ class TrainSettings:
     optimizer: str = "adam"
     schedule: Schedule = field(default_factory=Schedule)
     seed: int = 0
+    validate_every: int = 1  # epochs between validations; the last epoch always validates
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
+            raise ValueError(f"epochs, batch_size and validate_every must be >= 1, got {self.epochs}, "
+                             f"{self.batch_size}, {self.validate_every}")
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any], seed: int) -> TrainSettings:
-        """Settings from a params section; keys the engine does not use are left to the stage."""
-        if section.get("optimizer", "adam") not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}")
+        """Settings from a params section (`train` or `teacher.train`, checked against
+        mobileast.schema by the stage); keys the engine does not use are left to the stage."""
         return cls(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
                    lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.0)),
                    optimizer=section.get("optimizer", "adam"),
-                   schedule=Schedule(**section.get("schedule", {})), seed=int(seed))
+                   schedule=Schedule(**section.get("schedule", {})), seed=int(seed),
+                   validate_every=int(section.get("validate_every", 1)))
+
+    def validates(self, epoch: int) -> bool:
+        """Whether the epoch with 0-based index `epoch` ends with a validation."""
+        return (epoch + 1) % self.validate_every == 0 or epoch + 1 == self.epochs
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Adam (L2 weight decay) or AdamW (decoupled weight decay)."""
@@ -245,8 +257,10 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     meta: the checkpoint's model description (arch, config, features, classes).
     resume_key: anything else the run depends on (e.g. the stage's params); a
     checkpoint made with another value is not resumed. validate_fn gets the plain
-    classifier in eval mode under no_grad; its keys are logged as `val_<key>`, and the
-    best checkpoint is chosen by `select` (maximised, or minimised with mode="min").
+    classifier in eval mode under no_grad, every settings.validate_every epochs and after
+    the last; its keys are logged as `val_<key>` (absent from the rows of the other
+    epochs, empty cells in the CSV), and the best checkpoint is chosen among the
+    validated epochs by `select` (maximised, or minimised with mode="min").
     History rows (CSV, MLflow): epoch (completed), lr (at the epoch's start), train_<key>
     (epoch means of the step's loss and logs over all processes), val_<key>.
     """
@@ -268,9 +282,10 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
                **_train_epoch(net, optimizer, step_fn, data, settings, epoch, steps, rt)}
         _sync_buffers(model, rt)
         if rt.is_main:
-            if validate_fn is not None:
+            validated = validate_fn is not None and settings.validates(epoch)
+            if validated:
                 row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
-            state.record(row, select if validate_fn is not None else None, mode)
+            state.record(row, select if validated else None, mode)
             _write_epoch(outputs, state, model, optimizer, meta, fingerprint, settings)
             tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             tqdm.write(" ".join(f"{k}={v:.5g}" for k, v in row.items()))

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mobileast.config import SCENES
+from mobileast.config import SCENES, ParamsError
 from mobileast.data.reassemble import read_recordings
-from mobileast.data.resample import read_index
+from mobileast.data.store import read_index
 
 
 def parse_slices(slices_present: str | Sequence[int]) -> np.ndarray:
@@ -84,7 +84,9 @@ def _labels(scene_labels: pd.Series) -> np.ndarray:
 
 
 class RecordingCrops:
-    """Crops of one fold of the recordings store (data/recordings/).
+    """Crops of the recordings of one fold: the table recordings.csv of `store_dir`
+    (data/recordings/) over the array `<fold>.npy` of `audio_dir` (default: store_dir;
+    in the pipeline data/resampled/, which holds the train fold in recording layout).
 
     Every epoch draws `crops_per_recording` crops per recording, each uniformly from
     the recording's crop grid, in a shuffled order that depends only on (seed, epoch):
@@ -93,17 +95,18 @@ class RecordingCrops:
     """
 
     def __init__(self, store_dir: str | Path, fold: str, crop_samples: int, hop_samples: int,
-                 crops_per_recording: int = 1, seed: int = 0):
+                 crops_per_recording: int = 1, seed: int = 0, audio_dir: str | Path | None = None):
         store_dir = Path(store_dir)
         table = read_recordings(store_dir)
         self.table = table[table["fold"] == fold].reset_index(drop=True)
-        self.audio = np.load(store_dir / f"{fold}.npy", mmap_mode="r")
+        self.audio = np.load(Path(audio_dir or store_dir) / f"{fold}.npy", mmap_mode="r")
         self.crop_samples, self.crops_per_recording, self.seed = crop_samples, crops_per_recording, seed
         self.labels = _labels(self.table["scene_label"])
         grids = [crop_grid(s, c, crop_samples, hop_samples)
                  for s, c in zip(self.table["slices_present"], self.table["clip_samples"])]
         if any(len(g) == 0 for g in grids):
             raise ValueError(f"{store_dir}: a {fold} recording has no complete {crop_samples}-sample crop")
+        self.clip_samples = int(self.table["clip_samples"].iloc[0]) if len(self.table) else 0
         self.grid_sizes = np.array([len(g) for g in grids], dtype=np.int64)
         self.row_offsets = np.concatenate([[0], np.cumsum(self.grid_sizes)])  # = teacher train_index
         self.crop_starts = np.concatenate(grids) + np.repeat(self.table["offset"].to_numpy(np.int64),
@@ -113,6 +116,16 @@ class RecordingCrops:
     def n_rows(self) -> int:
         """Crops on the grid over all recordings (rows of the teacher-logits array)."""
         return int(self.row_offsets[-1])
+
+    def grid(self) -> np.ndarray:
+        """The crop grid as (n_rows, 2) int64: recording index, start sample within the recording.
+
+        Saved beside the teacher logits (train_index.npy) so that the student can check
+        that it crops exactly the audio the logits were computed on.
+        """
+        recordings = self.recording_of(np.arange(self.n_rows))
+        within = self.crop_starts - self.table["offset"].to_numpy(np.int64)[recordings]
+        return np.stack([recordings, within], axis=1)
 
     def epoch_rows(self, epoch: int) -> np.ndarray:
         """The epoch's crops as grid rows, in training order (a function of seed and epoch)."""
@@ -149,6 +162,40 @@ class RecordingCrops:
         rows = np.asarray(rows, dtype=np.int64)
         return Batch(_gather(self.audio, self.crop_starts[rows], self.crop_samples),
                      torch.from_numpy(self.labels[self.recording_of(rows)]), torch.from_numpy(rows))
+
+
+def hop_samples(hop_s: float, sample_rate: int, key: str) -> int:
+    """A crop-grid hop in samples; params `key` must split the 1 s clip into whole hops of whole samples."""
+    hop = float(hop_s) * sample_rate
+    if not (hop >= 1 and abs(hop - round(hop)) < 1e-6 and sample_rate % round(hop) == 0):
+        raise ParamsError(f"params.yaml: {key} = {hop_s} s must divide the 1 s clip into whole hops of whole "
+                          f"samples at {sample_rate} Hz (e.g. 0.25, 0.1 or 0.05)")
+    return round(hop)
+
+
+def check_clip_rate(clip_samples: int, sample_rate: int, key: str, store: str | Path) -> None:
+    """Stop if the store's 1 s clips are not `sample_rate` samples long (a params/store mismatch)."""
+    if clip_samples != sample_rate:
+        raise ParamsError(f"{key} is {sample_rate} Hz but {store} holds 1 s clips of "
+                          f"{clip_samples} samples (written at data.sample_rate = {clip_samples} Hz): "
+                          "set both to the same rate")
+
+
+def train_crops(recordings: str | Path, resampled: str | Path, sample_rate: int, hop_s: float, key: str,
+                rate_key: str, crops_per_recording: int = 1, seed: int = 0) -> RecordingCrops:
+    """The pipeline's 1 s crops of the train recordings on a `hop_s` grid (params `key`),
+    checked against the stores: their clips must have `sample_rate` (params `rate_key`)."""
+    crops = RecordingCrops(recordings, "train", sample_rate, hop_samples(hop_s, sample_rate, key),
+                           crops_per_recording, seed, audio_dir=resampled)
+    check_clip_rate(crops.clip_samples, sample_rate, rate_key, recordings)
+    return crops
+
+
+def evaluate_clips(resampled: str | Path, sample_rate: int, rate_key: str) -> ClipSource:
+    """The evaluate fold's clips of the resampled store, checked to be at `sample_rate`."""
+    clips = ClipSource(resampled, "evaluate")
+    check_clip_rate(clips.clip_samples, sample_rate, rate_key, resampled)
+    return clips
 
 
 class ClipSource:

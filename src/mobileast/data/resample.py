@@ -1,10 +1,18 @@
 """Stage `resample`: every fold clip -> int16 at data.sample_rate, one flat array per fold.
 
-Workers take chunks of file names and write one int16 block per chunk straight into
-the preallocated fold .npy: no audio goes through the pool's pipes, and there is no
-per-file pandas work, so the stage costs little more than decoding and resampling.
-Every clip is stored with exactly clip_samples (1 s); clips within
-tau22.DURATION_TOLERANCE of 1 s are zero-padded or trimmed and counted in the report.
+The train fold is written in the recording layout of mobileast.data.reassemble (each
+clip at its recording's slot for its slice index, gaps zero), the evaluate fold clip by
+clip in canonical order; `index.csv` gives every clip's offset either way. So the audio
+that later stages read is stored once: `reassemble` only writes the recordings table
+over train.npy.
+
+Workers take chunks of file names (in slot order) and write one int16 block per chunk
+straight into the preallocated fold .npy: no audio goes through the pool's pipes, and
+memory per worker is one block (at most `Runner.chunks`' max_chunk clips), whatever the
+dataset's size. Every clip is stored with exactly clip_samples (1 s); clips within
+tau22.DURATION_TOLERANCE of 1 s are zero-padded or trimmed and counted in the report. A
+clip that fails to decode after passing the header check is left out of the index (with
+on_bad_file: skip); its slot stays zero.
 """
 from __future__ import annotations
 
@@ -14,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from mobileast.data import tau22
 from mobileast.data.audio import load_mono, to_int16
 from mobileast.data.parallel import Runner, runner
-from mobileast.data.store import FOLDS, allocate_store, copy_rows, create_store, write_rows
+from mobileast.data.reassemble import REASSEMBLED_FOLD, plan_slots
+from mobileast.data.store import FOLDS, INDEX_FILE, allocate_store, write_rows
 
-INDEX_FILE = "index.csv"
 INDEX_COLUMNS = tau22.CLIP_COLUMNS + ["offset", "length"]
 LISTED = 100  # file names listed per informational report entry (skipped files: all)
 
@@ -30,12 +39,12 @@ def clip_samples(sample_rate: int) -> int:
     return sample_rate * tau22.CLIP_SECONDS
 
 
-def _resample_task(task: tuple[str, list[str], int, str, int, int]) -> tuple[str, int, list[tuple[int, str]]]:
-    """Resample a chunk of files straight into rows of a store -> (store, first row, problems).
+def _resample_task(task: tuple[str, list[str], int, str, int, np.ndarray]) -> tuple[str, np.ndarray, list[tuple[int, str]]]:
+    """Resample a chunk of files straight into their slots of a store -> (store, slots, problems).
 
     Writing from the worker spares sending the audio back to the parent process.
     """
-    root, names, sample_rate, store, data_offset, first_row = task
+    root, names, sample_rate, store, data_offset, slots = task
     block = np.zeros((len(names), clip_samples(sample_rate)), np.int16)
     problems = []
     for row, name in enumerate(names):
@@ -46,8 +55,13 @@ def _resample_task(task: tuple[str, list[str], int, str, int, int]) -> tuple[str
             continue
         audio = audio[:block.shape[1]]
         to_int16(audio, out=block[row, :len(audio)])
-    write_rows(Path(store), data_offset, first_row, block)
-    return store, first_row, problems
+    write_rows(Path(store), data_offset, slots, block)
+    return store, slots, problems
+
+
+def fold_slots(clips: pd.DataFrame, fold: str) -> np.ndarray:
+    """Slot (clip-sized row of the fold array) of each clip of `fold`: recording layout for train."""
+    return plan_slots(clips) if fold == REASSEMBLED_FOLD else np.arange(len(clips), dtype=np.int64)
 
 
 def resample_folds(dataset: tau22.Dataset, out_dir: Path, sample_rate: int, run: Runner,
@@ -59,37 +73,29 @@ def resample_folds(dataset: tau22.Dataset, out_dir: Path, sample_rate: int, run:
     clip = clip_samples(sample_rate)
     clips = dataset.clips
     names = clips.filename.to_numpy()
-    rows, tasks = {}, []
+    slots = np.zeros(len(clips), np.int64)
+    tasks, row_of = [], {}
     for fold in FOLDS:
         store = str(out_dir / f"{fold}.npy")
-        rows[store] = np.flatnonzero(clips.fold.to_numpy() == fold)
-        data_offset = allocate_store(Path(store), len(rows[store]) * clip)
-        tasks += [(str(dataset.root), names[rows[store][start:stop]].tolist(), sample_rate, store, data_offset, start)
-                  for start, stop in run.chunks(len(rows[store]))]
+        rows = np.flatnonzero(clips.fold.to_numpy() == fold)
+        slots[rows] = fold_slots(clips.iloc[rows], fold)
+        data_offset = allocate_store(Path(store), (int(slots[rows].max()) + 1 if len(rows) else 0) * clip)
+        rows = rows[np.argsort(slots[rows], kind="stable")]
+        row_of[store] = dict(zip(slots[rows].tolist(), rows.tolist()))
+        tasks += [(str(dataset.root), names[rows[start:stop]].tolist(), sample_rate, store, data_offset,
+                   slots[rows[start:stop]]) for start, stop in run.chunks(len(rows))]
     problems: dict[int, str] = {}
-    for store, first_row, failed in run.imap(_resample_task, tasks):
-        problems.update({int(rows[store][first_row + row]): reason for row, reason in failed})
+    with tqdm(total=len(clips), desc="resample", unit="file", disable=None, mininterval=1) as bar:
+        for store, done, failed in run.imap(_resample_task, tasks):
+            problems.update({row_of[store][int(done[row])]: reason for row, reason in failed})
+            bar.update(len(done))
     skipped = tau22.bad_files(clips, problems, on_bad_file, dataset.root)
     keep = np.ones(len(clips), bool)
     keep[list(problems)] = False
-    for store, fold_rows in rows.items():
-        if not keep[fold_rows].all():
-            _keep_rows(Path(store), np.flatnonzero(keep[fold_rows]), clip)
     index = clips.loc[keep, tau22.CLIP_COLUMNS].reset_index(drop=True)
-    index["offset"] = index.groupby("fold").cumcount() * clip
+    index["offset"] = slots[keep] * clip
     index["length"] = clip
     return index, skipped
-
-
-def _keep_rows(path: Path, keep: np.ndarray, clip: int) -> None:
-    """Rewrite the store at `path` with only the clips at rows `keep`."""
-    compact = path.with_name(f"compact-{path.name}")
-    source = np.load(path, mmap_mode="r").reshape(-1, clip)
-    target = create_store(compact, len(keep) * clip)
-    copy_rows(source, keep, target.reshape(-1, clip), np.arange(len(keep)))
-    target.flush()
-    del source, target
-    os.replace(compact, path)
 
 
 def _listed(clips: pd.DataFrame, mask: pd.Series) -> dict[str, Any]:
@@ -101,8 +107,10 @@ def build_store(root: Path, out_dir: Path, *, sample_rate: int, workers: int, on
     """Validate the dataset at `root` and write the resampled store into out_dir.
 
     Writes `train.npy`, `evaluate.npy` and `index.csv` (see the project contract) and
-    returns the stage report (deterministic: no timings, so an identical rerun leaves
-    the output hash, and hence later stages, unchanged).
+    returns the stage report. It is deterministic and independent of where the dataset
+    lies and of the number of workers (no timings, no paths), so a rerun, a moved
+    dataset or another core count leaves the output hash, and hence the later stages,
+    unchanged.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     with runner(workers) as run:
@@ -113,6 +121,7 @@ def build_store(root: Path, out_dir: Path, *, sample_rate: int, workers: int, on
     return {
         "sample_rate": sample_rate,
         "clip_samples": clip_samples(sample_rate),
+        "layout": {"train": "recordings (slot = recording offset + slice index)", "evaluate": "clips"},
         "folds": {fold: _fold_summary(index[index.fold == fold]) for fold in FOLDS},
         "downmixed": _listed(clips, clips.channels > 1),
         "other_rates": {**_listed(clips, clips.samplerate != tau22.SOURCE_RATE),
@@ -128,9 +137,3 @@ def _fold_summary(index: pd.DataFrame) -> dict[str, Any]:
 
 def _counts(values: pd.Series) -> dict[str, int]:
     return {str(value): int(count) for value, count in values.value_counts().sort_index().items()}
-
-
-def read_index(store_dir: Path) -> pd.DataFrame:
-    """The index.csv of a resampled store (text columns as str, positions as int)."""
-    index = pd.read_csv(Path(store_dir) / INDEX_FILE, dtype=str, keep_default_na=False)
-    return index.astype({"slice": int, "offset": np.int64, "length": np.int64})

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 FOLDS = ("train", "evaluate")
-COPY_BLOCK = 2048  # rows per block when gathering rows between memory-mapped stores
+INDEX_FILE = "index.csv"  # the clip index of a resampled store
 
 
 def allocate_store(path: Path, n_samples: int) -> int:
@@ -26,34 +27,29 @@ def allocate_store(path: Path, n_samples: int) -> int:
     return offset
 
 
-def create_store(path: Path, n_samples: int) -> np.ndarray:
-    """A new zero-filled int16 .npy of n_samples, memory-mapped for writing."""
-    offset = allocate_store(path, n_samples)
-    if n_samples == 0:  # an empty file cannot be memory-mapped
-        return np.zeros(0, np.int16)
-    return np.memmap(path, np.int16, "r+", offset, (n_samples,))
+def write_rows(path: Path, data_offset: int, slots: np.ndarray, rows: np.ndarray) -> None:
+    """Write int16 rows (n, row samples) into the store at `path`, row i at row slot slots[i].
 
-
-def write_rows(path: Path, data_offset: int, first_row: int, rows: np.ndarray) -> None:
-    """Write the C-contiguous int16 rows (n, row samples) into the store at `path` from row first_row on."""
-    data = memoryview(rows).cast("B")
-    position = data_offset + first_row * rows[0].nbytes
-    with open(path, "r+b") as f:
-        while data:
-            written = os.pwrite(f.fileno(), data, position)
-            data, position = data[written:], position + written
-
-
-def copy_rows(src: np.ndarray, src_rows: np.ndarray, dst: np.ndarray, dst_rows: np.ndarray) -> None:
-    """dst[dst_rows] = src[src_rows] for 2-D (rows, samples) arrays, in blocks.
-
-    Blocks bound the memory of the fancy-indexed copy; rows are visited in source
-    order so a memory-mapped source is read sequentially.
+    Consecutive slots are written with one call each, so a block of adjacent rows costs
+    one write.
     """
-    order = np.argsort(src_rows, kind="stable")
-    for start in range(0, len(order), COPY_BLOCK):
-        block = order[start:start + COPY_BLOCK]
-        dst[dst_rows[block]] = src[src_rows[block]]
+    rows = np.ascontiguousarray(rows)
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    with open(path, "r+b") as f:
+        for run in np.split(np.arange(len(slots)), breaks):
+            if not len(run):
+                continue
+            data = memoryview(rows[run[0]:run[-1] + 1]).cast("B")
+            position = data_offset + int(slots[run[0]]) * rows[0].nbytes
+            while data:
+                written = os.pwrite(f.fileno(), data, position)
+                data, position = data[written:], position + written
+
+
+def read_index(store_dir: Path) -> pd.DataFrame:
+    """The index.csv of a resampled store (text columns as str, positions as int)."""
+    index = pd.read_csv(Path(store_dir) / INDEX_FILE, dtype=str, keep_default_na=False)
+    return index.astype({"slice": int, "offset": np.int64, "length": np.int64})
 
 
 def read_report(path: Path) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 import soundfile as sf
+from tqdm import tqdm
 
-from mobileast.config import SCENES
+from mobileast.config import SCENES, InputError
 from mobileast.data.parallel import Runner
 from mobileast.data.store import FOLDS
 
@@ -46,7 +47,7 @@ CLIP_COLUMNS = ["filename", "scene_label", "identifier", "city", "location", "se
 SHOWN = 5  # file names quoted per problem
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """The dataset does not match the TAU22 layout; the message names the files."""
 
 
@@ -207,8 +208,10 @@ def probe_audio(root: Path, filenames: Sequence[str], run: Runner) -> pd.DataFra
     """Audio headers of `filenames` (samplerate, channels, frames, problem), in parallel."""
     tasks = [(str(root), start, list(filenames[start:stop])) for start, stop in run.chunks(len(filenames))]
     rows: list[Any] = [None] * len(filenames)
-    for start, infos in run.imap(_probe_task, tasks):
-        rows[start:start + len(infos)] = infos
+    with tqdm(total=len(filenames), desc="check audio headers", unit="file", disable=None, mininterval=1) as bar:
+        for start, infos in run.imap(_probe_task, tasks):
+            rows[start:start + len(infos)] = infos
+            bar.update(len(infos))
     return pd.DataFrame(rows, columns=["samplerate", "channels", "frames", "problem"])
 
 

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from mobileast.config import ParamsError
+
 from mobileast.models.cnn import PRESETS as CNN_PRESETS
 from mobileast.models.mobileast import PRESETS as STUDENT_PRESETS
 
@@ -42,7 +44,8 @@ def make_config(config_cls: type, config: Mapping[str, Any]) -> Any:
     """A config dataclass from a plain dict (checkpoint, params.yaml); unknown keys are an error."""
     unknown = set(config) - {f.name for f in dataclasses.fields(config_cls)}
     if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} fields: {sorted(unknown)}")
+        raise ParamsError(f"unknown {config_cls.__name__} fields: {sorted(unknown)} "
+                          f"(known: {', '.join(f.name for f in dataclasses.fields(config_cls))})")
     return config_cls(**config)
 
 
@@ -69,13 +72,27 @@ def build_preset(name: str, **overrides: Any) -> nn.Module:
     return build_model(arch, {**dataclasses.asdict(config), **overrides})
 
 
-def build_student(student_params: Mapping[str, Any]) -> nn.Module:
-    """The student from params.yaml's `student:` section.
+def input_size(features: Mapping[str, Any]) -> tuple[int, int]:
+    """(mel bins, frames) of the log-mel of 1 s: what the student's input_size must be."""
+    return int(features["n_mels"]), int(features["sample_rate"]) // int(features["hop_length"])
+
+
+def build_student(student_params: Mapping[str, Any], features: Mapping[str, Any] | None = None) -> nn.Module:
+    """The student from params.yaml's `student:` section, for the log-mels of `features:`.
 
     `preset: subN` takes that preset with the fields in `custom` replaced;
-    `preset: custom` takes the MobileASTConfig defaults with `custom` applied.
+    `preset: custom` takes the MobileASTConfig defaults with `custom` applied. The input
+    size follows from `features` (n_mels, sample_rate / hop_length); a `custom.input_size`
+    that disagrees with it is an error.
     """
     name, custom = student_params["preset"], dict(student_params.get("custom") or {})
+    if features is not None:
+        derived = input_size(features)
+        if "input_size" in custom and tuple(custom["input_size"]) != derived:
+            raise ParamsError(f"student.custom.input_size {list(custom['input_size'])} disagrees with the features "
+                             f"({list(derived)} = features.n_mels, features.sample_rate / features.hop_length); "
+                             "leave it out: it follows from the features")
+        custom["input_size"] = derived
     if name == "custom":
         return build_model("mobileast", custom)
     if name not in STUDENT_PRESETS:
@@ -83,4 +100,5 @@ def build_student(student_params: Mapping[str, Any]) -> nn.Module:
     return build_preset(name, **custom)
 
 
-__all__ = ["ARCHS", "PRESETS", "build_model", "build_preset", "build_student", "make_config", "model_spec"]
+__all__ = ["ARCHS", "PRESETS", "build_model", "build_preset", "build_student", "input_size", "make_config",
+           "model_spec"]

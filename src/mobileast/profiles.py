@@ -1,0 +1,220 @@
+"""Profiles: named, versioned sets of params.yaml overrides kept in `profiles/<name>.yaml`.
+
+A profile file holds `version`, `description`, `requires` ({dotted key: what to give},
+values the user must supply with `--set`, e.g. the dataset root) and `overrides`
+({dotted key: value}, every key a value of mobileast.schema). Profiles combine: later
+ones and `--set` win, but two profiles giving one key different values is an error.
+
+    python -m mobileast profile --list
+    python -m mobileast profile tau22-sub1                       # the overrides as YAML
+    python -m mobileast profile tau22-passt tau22-sub1 --set data.root=/datasets/tau22 --apply
+    python -m mobileast profile tau22-passt tau22-sub1 --set data.root=/datasets/tau22 --dvc-args \\
+        | xargs .venv/bin/dvc exp run -n tau22-sub1
+
+`--apply` rewrites params.yaml in place with only those values changed (comments, key
+order and every other value kept; checked against the schema before it is written);
+`--dvc-args` prints them as `-S key=value` arguments of `dvc exp run`, one per line,
+shell-quoted (xargs reads the quotes).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from mobileast.config import InputError, ParamsError, atomic_output, check_params, project_root, \
+    read_params, read_yaml, schema_at
+
+PROFILES_DIR = "profiles"
+PROFILE_KEYS = {"version", "description", "requires", "overrides"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    version: int
+    description: str
+    requires: Mapping[str, str]
+    overrides: Mapping[str, Any]
+
+
+def profiles_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / PROFILES_DIR
+
+
+def available(directory: Path) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def check_key(key: str, where: str) -> None:
+    """A dotted key must name a value (or a free mapping such as student.custom), not a section."""
+    try:
+        node = schema_at(key)
+    except ParamsError as error:
+        raise ParamsError(f"{where}: {error}") from None
+    if isinstance(node, dict):
+        raise ParamsError(f"{where}: '{key}' is a section; name its keys ({', '.join(node)})")
+
+
+def load_profile(name: str, directory: Path) -> Profile:
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError(f"no profile {name!r} in {directory} (profiles: {', '.join(available(directory))})")
+    data = read_yaml(path.read_text())
+    if not isinstance(data, dict) or set(data) - PROFILE_KEYS or "overrides" not in data:
+        raise InputError(f"{path}: a profile is a mapping of {', '.join(sorted(PROFILE_KEYS))} (overrides required)")
+    overrides, requires = dict(data["overrides"] or {}), dict(data.get("requires") or {})
+    for key in [*overrides, *requires]:
+        check_key(key, str(path))
+    return Profile(name, int(data.get("version", 1)), str(data.get("description", "")), requires, overrides)
+
+
+def resolve(profiles: Sequence[Profile], sets: Mapping[str, Any]) -> dict[str, Any]:
+    """The combined overrides: the profiles in order, then `sets`; every required key must be set."""
+    flat: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for profile in profiles:
+        for key, value in profile.overrides.items():
+            if key in flat and flat[key] != value:
+                raise ParamsError(f"profiles {origin[key]} and {profile.name} disagree on {key} "
+                                  f"({flat[key]!r} vs {value!r})")
+            flat[key], origin[key] = value, profile.name
+    for key in sets:
+        check_key(key, "--set")
+    missing = {key: what for p in profiles for key, what in p.requires.items() if key not in sets}
+    if missing:
+        raise ParamsError("; ".join(f"profile needs --set {key}=... ({what})" for key, what in missing.items()))
+    return flat | dict(sets)
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """['train.epochs=1', ...] -> {'train.epochs': 1}, values read as YAML."""
+    sets = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set expects KEY=VALUE, got {item!r}")
+        sets[key.strip()] = read_yaml(value) if value.strip() else ""
+    return sets
+
+
+def apply(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of nested `params` with the dotted `overrides` set; keys must exist in params."""
+    result = copy.deepcopy(dict(params))
+    for key, value in overrides.items():
+        _parent(result, key)[key.rsplit(".", 1)[-1]] = copy.deepcopy(value)
+    return result
+
+
+def _parent(params: Any, key: str) -> Any:
+    *parents, leaf = key.split(".")
+    node = params
+    for name in parents:
+        if not isinstance(node, Mapping) or name not in node:
+            raise ParamsError(f"params.yaml has no section {key.rsplit('.', 1)[0]!r} to set {key} in")
+        node = node[name]
+    if leaf not in node:
+        raise ParamsError(f"params.yaml has no key {key!r}")
+    return node
+
+
+def apply_to_file(path: Path, overrides: Mapping[str, Any]) -> None:
+    """Set `overrides` in the params file at `path`, keeping its comments and other keys.
+
+    The result is checked against the schema before it replaces the file (atomically).
+    """
+    from ruamel.yaml import YAML
+
+    editor = YAML()
+    editor.preserve_quotes = True
+    editor.width = 4096
+    editor.representer.add_representer(float, _represent_float)
+    document = editor.load(path.read_text())
+    for key, value in overrides.items():
+        _parent(document, key)[key.rsplit(".", 1)[-1]] = value
+    text = io.StringIO()
+    editor.dump(document, text)
+    check_params(read_yaml(text.getvalue()))
+    with atomic_output(path) as tmp:
+        tmp.write_text(text.getvalue())
+
+
+def _represent_float(representer: Any, value: float) -> Any:
+    """Floats with a dot in the mantissa (1.0e-05, not ruamel's 1e-05, which YAML 1.1 reads as a string)."""
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def yaml_value(value: Any) -> str:
+    """A value as one line of YAML flow syntax, as `dvc exp run -S key=value` reads it."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def dvc_args(overrides: Mapping[str, Any]) -> list[str]:
+    """`-S key=value` lines for `dvc exp run`, shell-quoted."""
+    return [f"-S {shlex.quote(f'{key}={yaml_value(value)}')}" for key, value in overrides.items()]
+
+
+def as_yaml(profiles: Sequence[Profile], overrides: Mapping[str, Any]) -> str:
+    """The overrides as nested YAML (as they look in params.yaml), with the profiles' headers."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    lines = [f"# profile {p.name} (version {p.version}): {p.description}" for p in profiles]
+    lines += [f"# needs --set {key}=...: {what}" for p in profiles for key, what in p.requires.items()
+              if key not in overrides]
+    return "\n".join(lines + [yaml.safe_dump(nested, sort_keys=False, width=100).rstrip()]) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mobileast profile", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="profiles to combine, in order")
+    parser.add_argument("--list", action="store_true", help="list the profiles")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further override (e.g. data.root=/datasets/tau22); repeatable")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--apply", action="store_true", help="write the overrides into params.yaml")
+    action.add_argument("--dvc-args", action="store_true", help="print them as -S arguments of dvc exp run")
+    parser.add_argument("--params", type=Path, help="the params file to --apply to (default: the project's)")
+    args = parser.parse_args(argv)
+    directory = profiles_dir()
+    if args.list:
+        for name in available(directory):
+            profile = load_profile(name, directory)
+            print(f"{name:<14} v{profile.version}  {profile.description}")
+        return 0
+    if not args.names:
+        parser.error("name at least one profile (or --list)")
+    try:
+        profiles = [load_profile(name, directory) for name in args.names]
+        sets = parse_sets(args.set)
+        if args.apply or args.dvc_args:
+            overrides = resolve(profiles, sets)
+        else:
+            overrides = resolve([Profile(p.name, p.version, p.description, {}, p.overrides) for p in profiles], sets)
+        if args.apply:
+            target = args.params or project_root() / "params.yaml"
+            apply_to_file(target, overrides)
+            print(f"{target}: set {len(overrides)} values of {', '.join(args.names)}", file=sys.stderr)
+        elif args.dvc_args:
+            print("\n".join(dvc_args(overrides)))
+        else:
+            print(as_yaml(profiles, overrides), end="")
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
