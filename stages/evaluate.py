@@ -1,4 +1,4 @@
-"""Stage evaluate: float student, int8 student and teacher on the evaluate fold ->
+"""Stage evaluate: float student, int8 student (torch and ONNX) and teacher on the evaluate fold ->
 reports/metrics.json (DVC metrics, per-device accuracy included), confusion matrices (DVC
 plots + PNG) and reports/results.md. The experiment's MLflow summary run is the `track`
 stage's."""
@@ -13,7 +13,8 @@ from stages import run
 
 PARAMS = ["evaluate"]
 REPORTS = Path("reports")
-MODELS = {"student_float": Path("models/student.pt"), "student_int8": Path("models/student_int8.pt")}
+MODELS = {"student_float": Path("models/student.pt"), "student_int8": Path("models/student_int8.pt"),
+          "student_int8_onnx": Path("models/student_int8.onnx")}
 
 
 def main() -> None:

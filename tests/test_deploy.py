@@ -142,7 +142,7 @@ def test_checkpoint_loads_through_registry(tmp_path, monkeypatch):
             "features": FEATURES, "classes": META["classes"], "epoch": 3, "optimizer": {}}
     torch.save(ckpt, tmp_path / "ckpt.pt")
     loaded, meta = deploy.load_model_any(tmp_path / "ckpt.pt")
-    assert meta == {**META, "input": "logmel"}
+    assert meta == {**META, "input": "logmel", "config": asdict(TinyConfig())}
     assert not loaded.training
     x = torch.randn(2, 1, 16, 32)
     with torch.no_grad():

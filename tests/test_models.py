@@ -209,3 +209,18 @@ def test_student_params_custom_and_errors():
 def test_ex_taps_widen_the_classifier():
     model = build_preset("sub1", ex_ratios={"mv2_1": 0.25, "vit": 0.5})
     assert model.classifier.in_features == 160 + 16 + 32
+
+
+@pytest.mark.parametrize("name", ["sub1", "sub4"])
+def test_fused_attention_is_the_same_function(name):
+    """Deployment form: F.scaled_dot_product_attention instead of matmul/softmax/matmul."""
+    from mobileast.models.mobileast import Attention, fused_attention
+    torch.manual_seed(0)
+    model = fold_bn(build_preset(name))
+    fused = fused_attention(model)
+    assert all(m.fused for m in fused.modules() if isinstance(m, Attention))
+    assert not any(m.fused for m in model.modules() if isinstance(m, Attention))
+    assert fused.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(3, 1, 256, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)

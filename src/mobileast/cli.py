@@ -7,6 +7,9 @@ import sys
 COMMANDS = {
     "complexity": ("mobileast.complexity", "params, MACs and parameter memory of a model"),
     "predict": ("mobileast.predict", "scene label and class probabilities for WAV files"),
+    "evaluate": ("mobileast.evaluate", "metrics of models (TorchScript, ONNX, checkpoint) on the evaluate fold"),
+    "export": ("mobileast.export", "a trained student as an ONNX model (float, or int8 from the int8 model)"),
+    "submit": ("mobileast.submit", "a DCASE2023 Task 1 submission package (output, complexity, meta)"),
     "download": ("mobileast.data.download", "download and verify the TAU22 development set"),
     "profile": ("mobileast.profiles", "params overrides of the report's TAU22 setups (list, print, apply)"),
 }

@@ -115,6 +115,43 @@ def param_memory_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in _stored_tensors(model))
 
 
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_WEIGHT_INPUT = {"Conv": 1, "MatMul": 1, "Gemm": 1}  # op type -> input index of its weight
+
+
+def onnx_param_memory_bytes(path: str | Path) -> int:
+    """`param_memory_bytes` of an ONNX model (mobileast.export), in the torch model's convention.
+
+    Counted per use of an initializer (the exporter merges initializers of equal value,
+    e.g. two LayerNorms' unit weights, which torch stores twice): a Conv/MatMul/Gemm
+    weight stored int8 (behind its DequantizeLinear) counts 1 byte an element, every
+    other parameter 4, whatever onnxruntime stores it as (it keeps biases as int32 and
+    some as uint8 where torch keeps float32). Quantization scales and zero points
+    (inputs 1 and 2 of Q/DQ), int64 shapes and axes, and scalars are not parameters.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    uses: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            uses[name].append((node, position))
+    total = 0
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        sites = uses.get(init.name, [])
+        if array.dtype == np.int64 or array.size <= 1 or any(n.op_type in _QDQ_OPS and i > 0 for n, i in sites):
+            continue
+        consumers = [use for n, i in sites
+                     for use in (uses.get(n.output[0], []) if n.op_type == "DequantizeLinear" else [(n, i)])]
+        for node, position in consumers:
+            weight = _WEIGHT_INPUT.get(node.op_type) == position and array.itemsize == 1
+            total += array.size * (1 if weight else 4)
+    return total
+
+
 def param_memory_bytes_int8_estimate(model: nn.Module) -> int:
     """Stored bytes if every conv/Linear weight were int8 (1 byte) and the rest float32."""
     total = 0

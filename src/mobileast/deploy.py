@@ -1,4 +1,4 @@
-"""Deployed models: TorchScript files that run without the training code.
+"""Deployed models: TorchScript or ONNX files that run without the training code.
 
 A deployed model is the classifier without its log-mel frontend, taking
 (B, 1, n_mels, frames) and returning (B, n_classes) logits, saved with
@@ -6,7 +6,13 @@ torch.jit.save and a "meta.json" extra file {"features": LogMel kwargs,
 "classes": [...], "arch": ..., "quantized": bool} (the project contract), so a
 user needs only torch to rebuild the frontend and run it. The `quantize` stage
 writes one; `evaluate` and `predict` read it with `load_model_any`, which also
-accepts a float training checkpoint.
+accepts a float training checkpoint and an ONNX model (`*.onnx`, written by
+mobileast.export with the same meta.json in its metadata_props), run with
+onnxruntime behind the same call: model(logmel) -> logits.
+
+An int8 TorchScript model records the quantized engine it was made for
+(meta "quant_engine": x86 on x86-64, qnnpack on ARM); it is loaded with that engine,
+and a host whose PyTorch lacks it gets an error naming both.
 
 Optional meta key "input": "waveform" marks a model that takes the waveform
 (B, samples) and computes its own features (the PaSST teacher); meta["features"]
@@ -24,7 +30,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mobileast.config import atomic_output
+from mobileast.config import InputError, atomic_output
 from mobileast.features import LogMel
 
 META_FILE = "meta.json"
@@ -123,25 +129,86 @@ def is_torchscript(path: str | Path) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def load_deployed(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load a deployed TorchScript model on the CPU in eval mode, with its meta dict."""
-    path = _existing(path)
-    extra = {META_FILE: ""}
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The meta.json of a deployed TorchScript file, read from the archive without loading the model."""
+    with zipfile.ZipFile(path) as archive:
+        name = next((n for n in archive.namelist() if n.endswith(f"/extra/{META_FILE}")), None)
+        if name is None:
+            raise ValueError(f"{path}: TorchScript model without {META_FILE}; save it with "
+                             f"mobileast.deploy.save_deployed")
+        text = archive.read(name).decode()
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as e:  # torch raises RuntimeError, zip and pickle errors alike
-        raise ValueError(f"{path}: not a loadable TorchScript model ({_first_line(e)})") from e
-    if not extra[META_FILE]:
-        raise ValueError(f"{path}: TorchScript model without {META_FILE}; save it with "
-                         f"mobileast.deploy.save_deployed")
-    try:
-        meta = json.loads(extra[META_FILE])
+        meta = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid {META_FILE} ({e})") from e
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"{path}: {META_FILE} lacks {missing}")
+    return meta
+
+
+def use_quant_engine(engine: str, path: str | Path) -> None:
+    """Make `engine` PyTorch's quantized engine, or explain why this host cannot run `path`."""
+    supported = torch.backends.quantized.supported_engines
+    if engine not in supported:
+        raise InputError(f"{path} was quantized for PyTorch's {engine!r} engine, which this host's PyTorch lacks "
+                         f"(it has {', '.join(e for e in supported if e != 'none')}): quantize it again on this "
+                         f"host (dvc repro quantize) or run its ONNX export ({Path(path).with_suffix('.onnx')})")
+    torch.backends.quantized.engine = engine
+
+
+def load_deployed(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a deployed TorchScript model on the CPU in eval mode, with its meta dict
+    (a quantized one with its quantized engine)."""
+    path = _existing(path)
+    try:
+        meta = read_meta(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a loadable TorchScript model ({_first_line(e)})") from e
+    if meta.get("quantized"):
+        use_quant_engine(meta.get("quant_engine", "x86"), path)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # torch raises RuntimeError, zip and pickle errors alike
+        raise ValueError(f"{path}: not a loadable TorchScript model ({_first_line(e)})") from e
     return module.eval(), meta
+
+
+class OnnxModel(nn.Module):
+    """An ONNX model run by onnxruntime (CPU) behind the nn.Module call: logmel -> logits."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().cpu().numpy().astype("float32", copy=False)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def load_onnx(path: str | Path, threads: int = 0) -> tuple[OnnxModel, dict[str, Any]]:
+    """An ONNX model of mobileast.export (run with onnxruntime) and its meta dict."""
+    path = _existing(path)
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ValueError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from e
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_FILE not in props:
+        raise ValueError(f"{path}: ONNX model without {META_FILE} metadata; export it with python -m mobileast export")
+    meta = json.loads(props[META_FILE])
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: {META_FILE} lacks {missing}")
+    return OnnxModel(path, threads).eval(), meta
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -162,14 +229,17 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     model = build_model(ckpt["arch"], ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
-    meta = {"features": ckpt["features"], "classes": list(ckpt["classes"]),
-            "arch": ckpt["arch"], "quantized": False, "input": ckpt.get("input", "logmel")}
+    meta = {"features": ckpt["features"], "classes": list(ckpt["classes"]), "arch": ckpt["arch"],
+            "config": ckpt["config"], "quantized": False, "input": ckpt.get("input", "logmel")}
     return model.eval(), meta
 
 
 def load_model_any(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A deployed TorchScript model or a training checkpoint -> (model in eval mode, meta)."""
+    """A deployed TorchScript model, an ONNX model (*.onnx) or a training checkpoint
+    -> (model in eval mode, meta)."""
     path = _existing(path)
+    if path.suffix == ".onnx":
+        return load_onnx(path)
     return load_deployed(path) if is_torchscript(path) else load_checkpoint_model(path)
 
 

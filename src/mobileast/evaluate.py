@@ -139,8 +139,9 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
     """Stage evaluate: metrics of every model (deployed TorchScript or training checkpoint)
     on the evaluate fold's 1 s clips, plus the teacher from its dumped evaluate logits.
 
-    Devices absent from the train fold count as unseen. Quantized models run on the CPU
-    (PyTorch's int8 kernels are CPU-only); float models on the GPU when there is one.
+    Devices absent from the train fold count as unseen. Quantized and ONNX models run on
+    the CPU (PyTorch's int8 kernels are CPU-only; onnxruntime's CPU provider); float
+    models on the GPU when there is one.
     """
     clips = ClipSource(resampled, "evaluate")
     train_devices = sorted(set(read_recordings(recordings)["device"]))
@@ -156,7 +157,8 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
             raise ValueError(f"{path}: classes {meta['classes']} differ from {list(SCENES)}")
         check_clip_rate(clips.clip_samples, int(feature_args(meta["features"])["sample_rate"]),
                         f"the sample rate of {path}", resampled)
-        device = torch.device("cpu" if meta.get("quantized") or not torch.cuda.is_available() else "cuda")
+        on_cpu = meta.get("quantized") or meta.get("format") == "onnx" or not torch.cuda.is_available()
+        device = torch.device("cpu" if on_cpu else "cuda")
         batches = tqdm(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
                        unit="batch", disable=None, mininterval=1)
         logits = predict(model.to(device), frontend_for(meta).to(device), batches, device)
@@ -172,3 +174,36 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mobileast evaluate --model M [--model M2 ...]`: metrics on the evaluate fold."""
+    import argparse
+    import json
+
+    from mobileast.config import InputError
+    from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m mobileast evaluate",
+                                     description="accuracy, macro accuracy, log loss (also per device) of models "
+                                                 "(TorchScript, ONNX or training checkpoint) on the evaluate fold")
+    parser.add_argument("--model", action="append", required=True, type=Path, help="a model file; repeatable")
+    parser.add_argument("--resampled", type=Path, default=RESAMPLED_DIR, help=f"default {RESAMPLED_DIR}")
+    parser.add_argument("--recordings", type=Path, default=RECORDINGS_DIR, help=f"default {RECORDINGS_DIR}")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_models({str(m): m for m in args.model}, args.resampled, args.recordings, None,
+                                  args.batch_size)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+    figures = summary(results)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for name, metrics in figures.items():
+            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in metrics.items() if k != "per_device_accuracy")
+                  + "; per device: " + ", ".join(f"{d} {v:.3f}" for d, v in metrics.get("per_device_accuracy", {}).items()))
+    return 0

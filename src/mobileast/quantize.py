@@ -8,8 +8,10 @@ PT2E flow (FX mode is deprecated upstream) in one place; the deprecation warning
 emits are filtered around its calls only.
 
 Choices:
-- Engine "x86" (measured faster here than "fbgemm"); the saved model is TorchScript
-  and runs wherever PyTorch has int8 CPU kernels.
+- Engine by platform (`quant_engine`): "x86" on x86-64 (measured faster here than
+  "fbgemm"), "qnnpack" on ARM, where the x86 engine does not exist. It is recorded in
+  the model's meta ("quant_engine"); mobileast.deploy loads a model with its engine and
+  refuses, naming both, a host whose PyTorch lacks it.
 - Weights: qint8, symmetric, per output channel, MinMax observer. Activations: quint8,
   per tensor, histogram observer (minimises the quantization error, robust to
   outliers), range 0..127 (`reduce_range`): x86 int8 kernels without VNNI sum pairs
@@ -17,8 +19,16 @@ Choices:
   activations rule that out on every x86 CPU.
 - SiLU (sub1) has no int8 kernel: each SiLU runs in float between a dequantize and
   a quantize. ReLU fuses into the preceding conv/Linear.
+- Attention core: quantized in its fused deployment form (`fused_attention`): one
+  float F.scaled_dot_product_attention between int8 q/k/v and proj Linears (FX puts
+  dequantize/quantize around it). The unfused int8 chain ran quantized.matmul (on x86:
+  dequantize -> float bmm -> quantize), a requantizing scale and softmax (dequantize ->
+  softmax -> quantize) on the (B, P, h, N, N) scores: no int8 arithmetic, only
+  conversions, and at batch 64 tens of MB of fresh memory per layer. Measured (1 thread,
+  benchmarks/bench_inference.py): int8 went from slower than float at batch 64 to about
+  half its time, and gained at batch 1 too.
 - Softmax output uses fixed qparams (scale 1/256 over [0, 1)), as the x86 backend
-  requires for nn.Softmax.
+  requires for nn.Softmax (only an unfused Attention still runs one).
 - Partial quantization: `float_modules` are patterns naming submodules kept in float
   (qconfig None; FX puts dequantize/quantize around them). A pattern matches a
   module's qualified name (`blocks.vit.transformer.0.attn`) exactly, or any name
@@ -39,10 +49,12 @@ Choices:
 """
 from __future__ import annotations
 
-import copy
 import fnmatch
+import hashlib
 import itertools
+import tempfile
 import math
+import platform
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,9 +72,19 @@ from mobileast.complexity import LIMIT_PARAM_MEMORY_BYTES, param_memory_bytes
 from mobileast.data.crops import evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model, load_deployed, save_deployed
 from mobileast.features import LogMel
-from mobileast.models.mobileast import fold_bn
+from mobileast.models.mobileast import fold_bn, fused_attention
 
-ENGINE = "x86"
+ENGINES = {"x86_64": "x86", "amd64": "x86", "aarch64": "qnnpack", "arm64": "qnnpack"}  # platform.machine()
+
+
+def quant_engine(machine: str | None = None) -> str:
+    """PyTorch's quantized engine for this host (or `machine`): x86 on x86-64, qnnpack on ARM."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ENGINES:
+        raise RuntimeError(f"no quantized engine known for the {machine} platform (known: {', '.join(ENGINES)})")
+    return ENGINES[machine]
+
+
 QCONFIG = QConfig(
     activation=HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127),
     weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
@@ -134,12 +156,12 @@ def quantize_model(model: nn.Module, calib_inputs: Iterable[torch.Tensor], float
     """int8 copy of a float model taking log-mels (B, 1, n_mels, frames), calibrated on
     `calib_inputs` (float batches of the model's input); `model` is left unchanged.
     `float_modules`, `dynamic_modules`: name patterns, see the module docstring."""
-    model = copy.deepcopy(model).eval()
+    model = fused_attention(model)  # an eval-mode copy
     batches = iter(calib_inputs)
     first = next(batches, None)
     if first is None:
         raise ValueError("quantize_model: no calibration batches")
-    torch.backends.quantized.engine = ENGINE
+    torch.backends.quantized.engine = quant_engine()
     mapping = qconfig_mapping(select_modules(model, float_modules), dynamic_module_names(model, dynamic_modules))
     with _quiet():
         prepared = prepare_fx(model, mapping, example_inputs=(first,))
@@ -196,7 +218,9 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
                      quant: Mapping[str, Any], hop_s: float, seed: int) -> dict[str, Any]:
     """Stage quantize: the int8 model of a float training checkpoint -> `out` (TorchScript).
 
-    Calibrates on `quant.calib_batches` batches of `quant.batch_size` train crops, keeps
+    The model's meta records the float checkpoint it came from (path, md5) and its
+    calibration crops, so that the ONNX export can quantize the same model on the same
+    crops. Calibrates on `quant.calib_batches` batches of `quant.batch_size` train crops, keeps
     `quant.float_modules` in float, quantizes `quant.dynamic_modules` dynamically and
     returns a summary: parameter memory of the deployed int8 model and of the BN-folded
     float one (bytes), and the agreement of the saved and reloaded int8 model with the
@@ -209,7 +233,9 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     n_batches, batch_size = int(quant["calib_batches"]), int(quant["batch_size"])
     calib = calibration_batches(recordings, resampled, meta["features"], n_batches, batch_size, hop_s, seed)
     qmodel = quantize_model(model, calib, **parts)
-    save_quantized(qmodel, out, {**meta, "quantized": True, "quant_engine": ENGINE, **parts})
+    provenance = {"source": {"checkpoint": str(checkpoint), "md5": file_md5(checkpoint)},
+                  "calibration": {"batches": n_batches, "batch_size": batch_size, "hop_s": hop_s, "seed": seed}}
+    save_quantized(qmodel, out, {**meta, "quantized": True, "quant_engine": quant_engine(), **parts, **provenance})
     deployed, _ = load_deployed(out)
     clips = evaluate_clips(resampled, int(meta["features"]["sample_rate"]), "the student's features.sample_rate")
     step = max(1, math.ceil(math.ceil(len(clips) / batch_size) / n_batches))
@@ -219,3 +245,57 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     return {"param_memory_bytes": memory, "param_memory_bytes_float32": param_memory_bytes(fold_bn(model)),
             "param_memory_pass": memory <= LIMIT_PARAM_MEMORY_BYTES, **parts,
             "evaluate_agreement": agreement(model, deployed, inputs)}
+
+
+def file_md5(path: str | Path) -> str:
+    """md5 of a file (as DVC hashes it), to tie a quantized model to its float checkpoint."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ ONNX (onnxruntime)
+
+ONNX_FLOAT_OPS = ("Softmax", "Mul")  # with the activation x activation MatMuls: the attention core
+
+
+def quantize_onnx(float_path: str | Path, out: str | Path, calib_inputs: Iterable[torch.Tensor]) -> dict[str, Any]:
+    """Static int8 quantization of a float ONNX model (mobileast.export) with onnxruntime, to `out`:
+    the counterpart of `quantize_model`: QDQ format, int8 weights per output channel,
+    uint8 activations calibrated (MinMax) on the same log-mel batches as the torch PTSQ,
+    the attention core (QK^T, softmax, the scale, AV) kept float as in the torch model,
+    float logits (the classifier's output is not quantized, like the torch model's
+    dynamic classifier). Returns what was kept float.
+
+    Measured here (1 thread): keeping the attention core float made the int8 model as
+    fast as the float one instead of 1.5-2x slower (QLinearSoftmax alone took half the time).
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name: str):
+            self.batches, self.name = iter(calib_inputs), name
+
+        def get_next(self) -> dict[str, Any] | None:
+            x = next(self.batches, None)
+            return None if x is None else {self.name: x.numpy()}
+
+    with tempfile.TemporaryDirectory(prefix="quantize_onnx-") as scratch:
+        work = Path(scratch)
+        prepared = work / "prepared.onnx"
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared)).graph
+        constants = {init.name for init in graph.initializer}
+        keep_float = [node.name for node in graph.node if node.op_type in ONNX_FLOAT_OPS
+                      or (node.op_type == "MatMul" and not any(i in constants for i in node.input))]
+        quantize_static(str(prepared), str(out), Reader(graph.input[0].name),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=keep_float,
+                        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
+    return {"float_nodes": len(keep_float)}

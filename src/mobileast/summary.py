@@ -4,8 +4,9 @@ One summary run per DVC experiment state carries:
 - params: the whole params.yaml, flattened (`dkd.alpha`);
 - metrics: reports/metrics.json (float student, int8 student, teacher: accuracy, macro
   accuracy, log loss, seen/unseen and per-device accuracy), the complexity headline
-  (`complexity.*`) and the int8-vs-float agreement of the quantize stage (`quantize.*`);
-- artifacts: the int8 TorchScript model and the float checkpoint under `model/`, the
+  (`complexity.*`), the int8-vs-float agreement of the quantize stage (`quantize.*`) and
+  the ONNX int8 model's agreement with the torch one (`onnx.*`);
+- artifacts: the int8 TorchScript and ONNX models and the float checkpoint under `model/`, the
   reports (results, complexity, confusion matrices, training curves) under `reports/`;
 - with `tracking.register_model: true`, also the int8 model as an MLflow model (pytorch
   flavour, `mlflow.pytorch.load_model`) `student_int8` with the deployed model's meta
@@ -32,13 +33,15 @@ class PipelineFiles:
 
     lock: Path = Path("dvc.lock")
     int8_model: Path = Path("models/student_int8.pt")
+    onnx_model: Path = Path("models/student_int8.onnx")
     float_model: Path = Path("models/student.pt")
     metrics: Path = Path("reports/metrics.json")
     complexity: Path = Path("reports/complexity.json")
     quantize: Path = Path("reports/quantize.json")
+    export: Path = Path("reports/export.json")
     reports: tuple[Path, ...] = tuple(Path("reports") / name for name in (
         "results.md", "complexity.md", "complexity_details.json", "confusion_student_float.png",
-        "confusion_student_int8.png", "confusion_teacher.png", "student_history.csv", "student_history.png",
+        "confusion_student_int8.png", "confusion_student_int8_onnx.png", "confusion_teacher.png", "student_history.csv", "student_history.png",
         "teacher_history.csv", "teacher_history.png", "teacher_metrics.json"))
 
 
@@ -49,8 +52,8 @@ def _numbers(flat: Mapping[str, Any]) -> dict[str, float]:
 
 def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = PipelineFiles()) -> tracking.ExperimentSummary:
     """The summary of the pipeline's current outputs; a missing output is an error naming it."""
-    missing = [str(p) for p in (files.int8_model, files.float_model, files.metrics, files.complexity,
-                                files.quantize, *files.reports) if not p.is_file()]
+    missing = [str(p) for p in (files.int8_model, files.onnx_model, files.float_model, files.metrics,
+                                files.complexity, files.quantize, files.export, *files.reports) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot summarise the experiment: missing {', '.join(missing)} "
                                 "(run the pipeline: dvc repro)")
@@ -59,8 +62,12 @@ def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = Pipelin
     quantize = json.loads(files.quantize.read_text())
     metrics |= _numbers(flatten({"quantize": {"param_memory_bytes": quantize["param_memory_bytes"],
                                               **quantize["evaluate_agreement"]}}))
+    export = json.loads(files.export.read_text())
+    metrics |= _numbers(flatten({"onnx": {"param_memory_bytes": export["param_memory_bytes"],
+                                          **export["evaluate_agreement_with_torch_int8"]}}))
     _, meta = load_deployed(files.int8_model)
-    artifacts = [(files.int8_model, "model"), (files.float_model, "model"), *((p, "reports") for p in files.reports)]
+    artifacts = [(files.int8_model, "model"), (files.onnx_model, "model"), (files.float_model, "model"),
+                 (files.export, "reports"), *((p, "reports") for p in files.reports)]
     return tracking.ExperimentSummary(params, metrics, artifacts, model=files.int8_model,
                                       model_name="student_int8", model_metadata=meta)
 

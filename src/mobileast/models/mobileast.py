@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -145,7 +146,15 @@ class Attention(nn.Module):
     Built from nn.Linear: q/k/v projections without bias, output projection with bias
     (SPEC section 4). `seq_shape` = (P, N) is fixed so that the head split is a plain
     reshape (FX quantization keeps reshape/transpose on int8 tensors).
+
+    `fused` (set by `fused_attention`, for deployment): the same function computed by one
+    F.scaled_dot_product_attention call (default scale head_dim ** -0.5) on 4-D
+    (B*P, h, N, hd) views, without materialising the (B, P, h, N, N) scores; the
+    `scores`/`softmax`/`mix` modules are then unused. Training and complexity counting
+    (which hooks the MatMul modules) use the unfused path.
     """
+
+    fused = False
 
     def __init__(self, dim: int, heads: int, seq_shape: tuple[int, int]):
         super().__init__()
@@ -162,7 +171,14 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, *self.seq_shape, self.heads, self.head_dim).transpose(2, 3)  # (B, P, h, N, hd)
 
+    def _split_fused(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, self.seq_shape[1], self.heads, self.head_dim).transpose(1, 2)  # (B*P, h, N, hd)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, P, N, d)
+        if self.fused:
+            q, k, v = self._split_fused(self.q(x)), self._split_fused(self.k(x)), self._split_fused(self.v(x))
+            out = F.scaled_dot_product_attention(q, k, v)  # (B*P, h, N, hd)
+            return self.proj(out.transpose(1, 2).reshape(-1, *self.seq_shape, self.dim))
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
         attn = self.softmax(self.scores(q, k.transpose(-2, -1)) * self.scale)  # (B, P, h, N, N)
         out = self.mix(attn, v)  # (B, P, h, N, hd)
@@ -330,3 +346,13 @@ def fold_bn(model: nn.Module) -> nn.Module:
             del module.bn
     return model
 
+
+def fused_attention(model: nn.Module) -> nn.Module:
+    """Deployment form of the attention: an eval-mode copy whose Attention modules compute
+    with F.scaled_dot_product_attention (`Attention.fused`); same parameters, same function
+    up to float rounding. Used before quantization and for deployed float models."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused = True
+    return model

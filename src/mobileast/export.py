@@ -1,0 +1,127 @@
+"""`python -m mobileast export`: a trained student as an ONNX model (float or int8), and
+stage `export`.
+
+- Float: the BN-folded float model (mobileast.models.mobileast.fold_bn) exported with
+  torch's dynamo exporter (opset 20, dynamic batch), checked with onnx.checker.
+- int8: from the int8 TorchScript model of the quantize stage, the float checkpoint it
+  was quantized from (its meta records path and md5, checked) is exported and quantized
+  statically by onnxruntime on the same calibration crops (mobileast.quantize.quantize_onnx):
+  QDQ, int8 weights per channel, uint8 activations, attention core and logits float.
+  (Exporting the torch int8 model itself fails in both torch exporters: quantized
+  tensors, FX GraphModules.)
+
+The deployed meta.json (features, classes, architecture, quantization) rides in the ONNX
+file's metadata_props, so mobileast.deploy.load_model_any (predict, evaluate, submit)
+runs it like the TorchScript model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from mobileast.config import InputError, atomic_output
+from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.deploy import META_FILE, input_shape, load_checkpoint_model, load_deployed, load_model_any
+from mobileast.models.mobileast import fold_bn
+
+OPSET = 20
+
+
+def export_float(model: torch.nn.Module, meta: Mapping[str, Any], out: str | Path) -> None:
+    """The BN-folded float model as ONNX (input `logmel` (B, 1, n_mels, frames), output `logits`)."""
+    import onnx
+
+    model = fold_bn(model)
+    example = torch.zeros(2, *input_shape(meta))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=["logmel"], output_names=["logits"],
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                                    verbose=False)
+    proto = program.model_proto
+    _set_meta(proto, {**meta, "quantized": False, "format": "onnx"})
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_output(out) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def export_int8(int8_model: str | Path, out: str | Path, recordings: Path = RECORDINGS_DIR,
+                resampled: Path = RESAMPLED_DIR) -> dict[str, Any]:
+    """The int8 ONNX model of an int8 TorchScript model (see the module docstring)."""
+    import onnx
+
+    from mobileast.quantize import calibration_batches, file_md5, quantize_onnx
+
+    _, meta = load_deployed(int8_model)
+    if not meta.get("quantized") or "source" not in meta:
+        raise InputError(f"{int8_model}: not an int8 model of the quantize stage (its meta has no source checkpoint)")
+    source = Path(meta["source"]["checkpoint"])
+    if not source.is_file() or file_md5(source) != meta["source"]["md5"]:
+        raise InputError(f"{int8_model} was quantized from {source} (md5 {meta['source']['md5']}), which is "
+                         f"{'missing' if not source.is_file() else 'not that file any more'}: export the float "
+                         "checkpoint it came from, or quantize again (dvc repro quantize)")
+    model, float_meta = load_checkpoint_model(source)
+    calibration = meta["calibration"]
+    calib = calibration_batches(recordings, resampled, float_meta["features"], calibration["batches"],
+                                calibration["batch_size"], calibration["hop_s"], calibration["seed"])
+    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
+        float_path = Path(scratch) / "float.onnx"
+        export_float(model, float_meta, float_path)
+        quantized = Path(scratch) / "int8.onnx"
+        kept = quantize_onnx(float_path, quantized, calib)
+        proto = onnx.load(str(quantized))
+    onnx_meta = {**meta, "format": "onnx", "runtime": "onnxruntime", "onnx_quantization": {
+        "format": "QDQ", "weights": "int8 per channel", "activations": "uint8, MinMax on the calibration crops",
+        "float": "attention core (QK^T, softmax, scale, AV), logits", **kept}}
+    onnx_meta.pop("quant_engine", None)
+    _set_meta(proto, onnx_meta)
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_output(out) as tmp:
+        onnx.save(proto, str(tmp))
+    return onnx_meta
+
+
+def _set_meta(proto: Any, meta: Mapping[str, Any]) -> None:
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_FILE, json.dumps(dict(meta), sort_keys=True)
+
+
+def export(model_path: str | Path, out: str | Path, recordings: Path = RECORDINGS_DIR,
+           resampled: Path = RESAMPLED_DIR) -> dict[str, Any]:
+    """Float ONNX of a training checkpoint, int8 ONNX of an int8 TorchScript model; returns the meta."""
+    _, meta = load_model_any(model_path)
+    if meta.get("quantized"):
+        return export_int8(model_path, out, recordings, resampled)
+    if str(model_path).endswith(".onnx") or meta.get("format") == "onnx":
+        raise InputError(f"{model_path} is already an ONNX model")
+    model, meta = load_checkpoint_model(model_path)
+    export_float(model, meta, out)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mobileast export", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="models/student.pt (float) or models/student_int8.pt (int8)")
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
+    parser.add_argument("--recordings", type=Path, default=RECORDINGS_DIR,
+                        help=f"recordings table of the calibration crops (int8; default {RECORDINGS_DIR})")
+    parser.add_argument("--resampled", type=Path, default=RESAMPLED_DIR,
+                        help=f"resampled store holding their audio (int8; default {RESAMPLED_DIR})")
+    parser.add_argument("out", type=Path, help="the ONNX file to write")
+    args = parser.parse_args(argv)
+    try:
+        meta = export(args.model, args.out, args.recordings, args.resampled)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", flush=True)
+        return 2
+    kind = "int8" if meta.get("quantized") else "float"
+    print(f"wrote {kind} ONNX model {args.out} (opset {OPSET})")
+    return 0

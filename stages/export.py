@@ -1,0 +1,46 @@
+"""Stage export: models/student_int8.pt -> models/student_int8.onnx (int8 QDQ, quantized by
+onnxruntime on the same calibration crops, mobileast.export) and reports/export.json: its
+parameter memory counted from the ONNX initializers (it must equal the complexity
+report's figure, counted on the torch int8 model) and its top-1 agreement with the torch
+int8 and float models on the evaluate clips."""
+from pathlib import Path
+
+from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
+from mobileast.config import InputError, write_json
+from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.data.crops import evaluate_clips
+from mobileast.deploy import feature_args, frontend_for, load_checkpoint_model, load_deployed, load_onnx
+from mobileast.export import export_int8
+from mobileast.quantize import agreement
+from stages import run
+
+PARAMS: list[str] = []  # the calibration crops come from the int8 model's meta
+INT8 = Path("models/student_int8.pt")
+ONNX = Path("models/student_int8.onnx")
+REPORT = Path("reports/export.json")
+
+
+def main() -> None:
+    export_int8(INT8, ONNX, RECORDINGS_DIR, RESAMPLED_DIR)
+    torch_int8, meta = load_deployed(INT8)
+    onnx_int8, _ = load_onnx(ONNX)
+    float_model, _ = load_checkpoint_model(Path(meta["source"]["checkpoint"]))
+    memory, expected = onnx_param_memory_bytes(ONNX), param_memory_bytes(torch_int8)
+    if memory != expected:
+        raise InputError(f"{ONNX}: its parameters count {memory:,} bytes but the torch int8 model's "
+                         f"(the complexity report's figure) {expected:,}")
+    clips = evaluate_clips(RESAMPLED_DIR, int(feature_args(meta["features"])["sample_rate"]),
+                           "the student's features.sample_rate")
+    frontend = frontend_for(meta)
+    logmels = [frontend(batch.wave) for batch in clips.batches(256)]
+    report = {"param_memory_bytes": memory, "matches_complexity_report": memory == expected,
+              "evaluate_agreement_with_torch_int8": agreement(torch_int8, onnx_int8, logmels),
+              "evaluate_agreement_with_float": agreement(float_model, onnx_int8, logmels)}
+    write_json(REPORT, report)
+    print(f"export: {ONNX} ({memory:,} bytes of parameters, as the torch int8 model); top-1 agreement on "
+          f"{len(clips)} evaluate clips: {100 * report['evaluate_agreement_with_torch_int8']['top1_agreement']:.1f} % "
+          f"with torch int8, {100 * report['evaluate_agreement_with_float']['top1_agreement']:.1f} % with float")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,175 @@
+"""ONNX export (float and int8), the models it writes as predict/evaluate/submit run them,
+the quantized engine by platform, and the DCASE submission package."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from mobileast import deploy, quantize, submit
+from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
+from mobileast.config import SCENES, InputError
+from mobileast.export import export, export_int8
+from mobileast.models import model_spec
+from mobileast.models.mobileast import fold_bn
+from mobileast.predict import predict_file
+from test_crops import make_clip_store, make_recordings_store
+from test_quantize import FEATURES, as_if_trained, varied_inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter distinct from the init's ones and zeros, as after training (the ONNX
+    exporter merges initializers of equal value, which an untrained model is full of)."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A trained-looking sub4 checkpoint, its int8 model from the quantize stage, and the stores."""
+    root = tmp_path_factory.mktemp("export")
+    recordings, resampled = root / "data/recordings", root / "data/resampled"
+    recordings.mkdir(parents=True)
+    resampled.mkdir(parents=True)
+    make_recordings_store(recordings, {"train": [[0, 1, 2], [0, 2, 3, 4], [1, 2], [0, 1, 2, 3]]}, clip_samples=32000)
+    (recordings / "train.npy").rename(resampled / "train.npy")
+    clips = (np.random.default_rng(0).standard_normal((12, 32000)) * 3000).astype(np.int16)
+    make_clip_store(resampled, "evaluate", clips, [SCENES[i % 10] for i in range(12)])
+    gen = torch.Generator().manual_seed(1)
+    model = perturbed(as_if_trained("sub4", [varied_inputs(8, gen) for _ in range(2)]))
+    arch, config = model_spec(model)
+    checkpoint = root / "student.pt"
+    torch.save({"arch": arch, "config": config, "state_dict": model.state_dict(), "features": FEATURES,
+                "classes": list(SCENES), "input": "logmel"}, checkpoint)
+    quant = {"calib_batches": 2, "batch_size": 4, "float_modules": [], "dynamic_modules": ["classifier"]}
+    quantize.quantize_student(checkpoint, recordings, resampled, root / "student_int8.pt", quant, hop_s=0.5, seed=0)
+    export(checkpoint, root / "student.onnx")
+    export(root / "student_int8.pt", root / "student_int8.onnx", recordings, resampled)
+    return root
+
+
+def test_float_onnx_computes_the_float_model(project):
+    onnx_model, meta = deploy.load_model_any(project / "student.onnx")
+    model, _ = deploy.load_checkpoint_model(project / "student.pt")
+    x = varied_inputs(5, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model(x), model(x), rtol=1e-4, atol=1e-4)
+    assert meta["quantized"] is False and meta["format"] == "onnx" and meta["classes"] == list(SCENES)
+
+
+def test_int8_onnx_follows_the_torch_int8_model(project):
+    onnx_int8, meta = deploy.load_model_any(project / "student_int8.onnx")
+    torch_int8, torch_meta = deploy.load_deployed(project / "student_int8.pt")
+    model, _ = deploy.load_checkpoint_model(project / "student.pt")
+    inputs = [varied_inputs(64, torch.Generator().manual_seed(s)) for s in (7, 8)]
+    with_torch = quantize.agreement(torch_int8, onnx_int8, inputs)
+    with_float = quantize.agreement(model, onnx_int8, inputs)
+    torch_with_float = quantize.agreement(model, torch_int8, inputs)
+    assert with_torch["top1_agreement"] >= 0.85 and with_float["top1_agreement"] >= 0.85, (with_torch, with_float)
+    # as close to the float model as the torch int8 model is (calibrated on other audio than these inputs)
+    assert with_float["logit_correlation"] > torch_with_float["logit_correlation"] - 0.03, (with_float, torch_with_float)
+    assert meta["quantized"] and meta["onnx_quantization"]["format"] == "QDQ"
+    assert meta["calibration"] == torch_meta["calibration"]  # the same calibration crops
+    import onnx
+    ops = {node.op_type for node in onnx.load(str(project / "student_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Softmax"} <= ops
+
+
+def test_onnx_parameter_memory_equals_the_torch_count(project):
+    torch_int8, _ = deploy.load_deployed(project / "student_int8.pt")
+    model, _ = deploy.load_checkpoint_model(project / "student.pt")
+    assert onnx_param_memory_bytes(project / "student_int8.onnx") == param_memory_bytes(torch_int8) < 128_000
+    assert onnx_param_memory_bytes(project / "student.onnx") == param_memory_bytes(fold_bn(model))
+
+
+def test_int8_export_needs_its_own_float_checkpoint(project, tmp_path):
+    moved = tmp_path / "int8.pt"
+    moved.write_bytes((project / "student_int8.pt").read_bytes())
+    checkpoint = project / "student.pt"
+    original = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(original + b"changed")
+        with pytest.raises(InputError, match="not that file any more"):
+            export_int8(moved, tmp_path / "x.onnx", project / "data/recordings", project / "data/resampled")
+    finally:
+        checkpoint.write_bytes(original)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantized_engine_by_platform_and_a_clear_error_without_it(project):
+    assert quantize.quant_engine("x86_64") == "x86" and quantize.quant_engine("aarch64") == "qnnpack"
+    assert quantize.quant_engine("arm64") == "qnnpack"
+    with pytest.raises(RuntimeError, match="no quantized engine known for the riscv64"):
+        quantize.quant_engine("riscv64")
+    assert deploy.read_meta(project / "student_int8.pt")["quant_engine"] == quantize.quant_engine()
+    with pytest.raises(InputError, match="quantized for PyTorch's 'x87' engine, which this host's PyTorch lacks"):
+        deploy.use_quant_engine("x87", project / "student_int8.pt")
+
+
+def write_wav(path: Path, rate: int, channels: int, seconds: float = 1.0) -> None:
+    t = np.arange(int(rate * seconds)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    sf.write(path, np.stack([tone] * channels, 1) if channels > 1 else tone, rate)
+
+
+def test_predict_gives_the_same_scene_with_torch_and_onnx_int8(project, tmp_path):
+    files = []
+    for i, (rate, channels) in enumerate([(44100, 1), (48000, 2), (16000, 1), (32000, 1)]):
+        files.append(tmp_path / f"clip{i}.wav")
+        write_wav(files[-1], rate, channels, seconds=1 + i)
+    labels = {}
+    for name in ("student_int8.pt", "student_int8.onnx"):
+        model, meta = deploy.load_model_any(project / name)
+        frontend = deploy.frontend_for(meta)
+        labels[name] = [predict_file(f, model, frontend, meta)["label"] for f in files]
+    assert labels["student_int8.pt"] == labels["student_int8.onnx"]
+
+
+def test_submission_package(project, tmp_path, capsys):
+    audio = tmp_path / "eval" / "audio"
+    (audio / "sub").mkdir(parents=True)
+    write_wav(audio / "a.wav", 44100, 1)
+    write_wav(audio / "sub" / "b.wav", 48000, 2)
+    write_wav(audio / "c.WAV", 22050, 1)
+    (audio / "broken.wav").write_bytes(b"RIFF-not-audio")
+    (audio / "notes.txt").write_text("not audio")
+    out = tmp_path / "package"
+    status = submit.main(["--model", str(project / "student_int8.onnx"), "--audio-dir", str(audio), "--out", str(out),
+                          "--label", "Doe_XYZ_task1_1", "--params", str(Path(__file__).parents[1] / "params.yaml")])
+    assert status == 1  # a bad file
+    with open(out / "Doe_XYZ_task1_1.output.csv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["filename", "scene_label", *SCENES]
+    assert [r[0] for r in rows[1:]] == ["audio/a.wav", "audio/c.WAV", "audio/sub/b.wav"]
+    for row in rows[1:]:
+        scores = np.array(row[2:], float)
+        assert row[1] == SCENES[int(scores.argmax())] and scores.sum() == pytest.approx(1, abs=1e-4)
+    bad = (out / "Doe_XYZ_task1_1.bad_files.tsv").read_text().splitlines()
+    assert bad[0] == "filename\treason" and bad[1].startswith("audio/broken.wav\t") and len(bad) == 2
+    assert "broken.wav" in capsys.readouterr().err
+    complexity = json.loads((out / "Doe_XYZ_task1_1.complexity.json").read_text())
+    assert complexity["param_memory_bytes"] == onnx_param_memory_bytes(project / "student_int8.onnx")
+    assert complexity["params"] == 66_114 and complexity["pass"]["param_memory"]
+    meta = yaml.safe_load((out / "Doe_XYZ_task1_1.meta.yaml").read_text())
+    assert meta["submission"]["label"] == "Doe_XYZ_task1_1"
+    assert meta["system"]["complexity"] == {"total_parameters": 66_114, "memory_use": complexity["param_memory_bytes"],
+                                            "macs": complexity["macs"]}
+    assert meta["system"]["description"]["input_sampling_rate"] == "32kHz"
+    assert meta["pipeline_params"]["dkd"]["alpha"] == 1
