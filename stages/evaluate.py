@@ -21,7 +21,8 @@ def main() -> None:
     params = stage_params(PARAMS)
     with tracking.start_run("evaluate", params):
         results = evaluate_models(MODELS, RESAMPLED_DIR, RECORDINGS_DIR,
-                                  Path("data/teacher_logits/evaluate.npy"), int(params["evaluate"]["batch_size"]))
+                                  Path("data/teacher_logits/evaluate.npy"), int(params["evaluate"]["batch_size"]),
+                                  params["evaluate"]["precision"])
         write_reports(results, REPORTS, REPORTS / "metrics.json")
         tracking.log_metrics(flatten(summary(results)))
     for name, metrics in summary(results).items():

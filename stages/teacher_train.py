@@ -3,8 +3,10 @@ from pathlib import Path
 
 from mobileast.config import stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.launch import prepare
 from mobileast.plots import plot_history
 from mobileast.recipes import train_teacher
+from mobileast.tracking import is_main_process
 from mobileast.train import Outputs, resume_path
 from stages import run
 
@@ -13,10 +15,14 @@ HISTORY = Path("reports/teacher_history.csv")
 
 
 def main() -> None:
-    train_teacher(stage_params(PARAMS), RECORDINGS_DIR, RESAMPLED_DIR,
-                  Outputs(model=Path("models/teacher.pt"), resume=resume_path("teacher_train"),
-                          history=HISTORY))
-    plot_history(HISTORY, HISTORY.with_suffix(".png"), "teacher")
+    params = stage_params(PARAMS)
+    status = prepare(int(params["teacher"]["train"]["nproc"]), __spec__.name)  # GPUs; torchrun when nproc > 1
+    if status is not None:
+        raise SystemExit(status)
+    train_teacher(params, RECORDINGS_DIR, RESAMPLED_DIR,
+                  Outputs(model=Path("models/teacher.pt"), resume=resume_path("teacher_train"), history=HISTORY))
+    if is_main_process():
+        plot_history(HISTORY, HISTORY.with_suffix(".png"), "teacher")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def test_extreme_logits_finite(c, T, method):
     perm = torch.randperm(8, generator=g)
     loss, logs = loss_fn(zs, zt, y, zt[perm], y[perm], lam, epoch=1)
     loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in logs.values())
+    assert torch.isfinite(loss) and all(math.isfinite(float(v)) for v in logs.values())
     assert torch.isfinite(zs.grad).all()
 
 
@@ -195,7 +195,7 @@ def test_warmup_factor_scales_distillation_term():
     for epoch, factor in [(0, 0.0), (1, 0.25), (2.5, 0.625), (4, 1.0), (30, 1.0)]:
         loss, logs = loss_fn(zs, zt, y, epoch=epoch)
         assert_close(loss, ce + factor * full)
-        assert logs["kd_weight"].item() == pytest.approx(factor)
+        assert logs["kd_weight"] == pytest.approx(factor)  # a float: no device tensor per step
     assert warmup_factor(0, 0) == 1.0
 
 

@@ -191,16 +191,35 @@ _, state = train((recordings, clips), out, train_settings(epochs=2))
 torch.save(state, out / f"state{os.environ['RANK']}.pt")
 """
 
+VALIDATION_SCRIPT = """
+import sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from mobileast.data.crops import ClipSource
+from mobileast.features import LogMel
+from mobileast.train import classification_validator, runtime
+from test_train import FEATURES, tiny_model
+clips, out = map(Path, sys.argv[1:3])
+with runtime() as rt:  # every rank validates its share of an odd number of batches
+    torch.manual_seed(7)
+    validate = classification_validator(ClipSource(clips, "evaluate"), LogMel(**FEATURES), 7, rt)
+    torch.save(validate(tiny_model().eval()), out / f"validation{rt.rank}.pt")
+"""
+
+
+def torchrun(script: Path, *args) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    command = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(command), "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
 
 def test_torchrun_two_processes_agree_on_weights(stores, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DISTRIBUTED_SCRIPT))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
-                           *map(str, stores), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, *stores, tmp_path)
     states = [torch.load(tmp_path / f"state{rank}.pt") for rank in (0, 1)]
     for key, value in states[0].items():
         torch.testing.assert_close(states[1][key], value, rtol=0, atol=0)
@@ -208,6 +227,17 @@ def test_torchrun_two_processes_agree_on_weights(stores, tmp_path):
     assert checkpoint["epoch"] == 2 and len(pd.read_csv(tmp_path / "history.csv")) == 2
     for key, value in states[0].items():
         torch.testing.assert_close(checkpoint["state_dict"][key], value, rtol=0, atol=0)
+
+
+def test_torchrun_validation_is_sharded_and_gathered_to_the_single_process_one(stores, tmp_path):
+    script = tmp_path / "ddp_validate.py"
+    script.write_text(textwrap.dedent(VALIDATION_SCRIPT))
+    torchrun(script, stores[1], tmp_path)
+    torch.manual_seed(7)
+    single = classification_validator(ClipSource(stores[1], "evaluate"), LogMel(**FEATURES), 7,
+                                      torch.device("cpu"))(tiny_model().eval())
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"validation{rank}.pt") == pytest.approx(single, rel=1e-6)
 
 
 def test_fit_logs_every_epoch_to_the_active_mlflow_run(stores, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ applies the enabled ops in a fixed order. Label-mixing ops (mixup, CutMix) retur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -60,7 +60,7 @@ def time_shift(x: Tensor, shifts: Tensor) -> Tensor:
 
 
 def pitch_shift(x: Tensor, semitones: Tensor, n_fft: int = 1024, hop_length: int = 256,
-                oversample: int = 4) -> Tensor:
+                oversample: int = 4, max_semitones: float | None = None) -> Tensor:
     """Shift each waveform's pitch by semitones[i], keeping its length and level.
 
     The algorithm of librosa.effects.pitch_shift (phase-vocoder time stretch by
@@ -69,14 +69,17 @@ def pitch_shift(x: Tensor, semitones: Tensor, n_fft: int = 1024, hop_length: int
     identity phase locking in the vocoder (tones keep their level; librosa's loses up to
     ~20 %) and a final per-clip gain to the input's RMS (the vocoder decorrelates
     noise-like content across overlapping frames, about -3 dB, for librosa as well).
-    r = 1 reconstructs the input up to rounding.
+    r = 1 reconstructs the input up to rounding. `max_semitones` (>= every |semitones[i]|)
+    sizes the stretch buffer without reading the shifts back from the device (a host sync
+    per step on a GPU); by default it is sized by the batch's largest shift.
     """
     n = x.shape[-1]
     work = x.to(torch.promote_types(x.dtype, torch.float32))
     ratio = 2.0 ** (semitones.to(x.device, work.dtype) / 12)  # (B,)
     window = torch.hann_window(n_fft, device=x.device, dtype=work.dtype)
     spec = torch.stft(work, n_fft, hop_length, window=window, center=True, return_complex=True)
-    stretched_len = _smooth_size(math.ceil(n * float(ratio.max())))
+    largest = float(ratio.max()) if max_semitones is None else 2.0 ** (abs(max_semitones) / 12)
+    stretched_len = _smooth_size(math.ceil(n * largest))
     stretched = _time_stretch(spec, ratio, stretched_len // hop_length + 1, hop_length)
     stretched = torch.istft(stretched, n_fft, hop_length, window=window, center=True, length=stretched_len)
     y = _resample(stretched, ratio, n, oversample)
@@ -186,11 +189,15 @@ def cutmix(x: Tensor, perm: Tensor, lam: Tensor, centre: Tensor) -> tuple[Tensor
     and T), clipped at the borders as in Yun et al. (2019); the returned lam is the share
     of sample i's own bins that remain, which is what its target should be weighted by.
     """
-    sizes = torch.tensor(x.shape[-2:], device=x.device, dtype=torch.float64)  # (F, T)
-    side = torch.sqrt(1 - lam.to(x.device, torch.float64))[:, None] * sizes  # (B, 2)
-    mid = centre.to(x.device, torch.float64) * sizes
-    lo = torch.round(torch.minimum(torch.clamp(mid - side / 2, min=0), sizes))
-    hi = torch.round(torch.minimum(torch.clamp(mid + side / 2, min=0), sizes))
+    n_freq, n_time = x.shape[-2:]
+    side = torch.sqrt(1 - lam.to(x.device, torch.float64))  # (B,): box sides side * (F, T)
+    centre = centre.to(x.device, torch.float64)  # (B, 2)
+    lo, hi = [], []
+    for axis, size in enumerate((n_freq, n_time)):  # Python sizes: no host-to-device copy
+        mid, half = centre[:, axis] * size, side * size / 2
+        lo.append(torch.round(torch.clamp(torch.clamp(mid - half, min=0), max=size)))
+        hi.append(torch.round(torch.clamp(torch.clamp(mid + half, min=0), max=size)))
+    lo, hi = torch.stack(lo, 1), torch.stack(hi, 1)  # (B, 2)
     f = torch.arange(x.shape[-2], device=x.device)[None, :, None]
     t = torch.arange(x.shape[-1], device=x.device)[None, None, :]
     box = ((f >= lo[:, 0, None, None]) & (f < hi[:, 0, None, None])
@@ -221,7 +228,30 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> Tensor:
 
 
 def _chance(p: float, gen: torch.Generator) -> bool:
+    """A yes/no draw from `gen`, which lives on the CPU (reading a device draw would sync)."""
     return bool(torch.rand((), generator=gen, device=gen.device) < p)
+
+
+class HostDecisions:
+    """CPU generators for the augmenter's per-batch yes/no draws when the step's generator is
+    on a GPU: a Python bool of a GPU draw waits for the GPU (a host sync every step).
+
+    For a CPU generator the draws come from it, as they always did (CPU runs are unchanged
+    bit for bit). For a device generator they come from a CPU generator seeded with its
+    initial seed, which the engine sets per epoch from (seed, epoch, rank): deterministic,
+    and a resumed run draws the same.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[int, torch.Generator] = {}
+
+    def __call__(self, gen: torch.Generator) -> torch.Generator:
+        if gen.device.type == "cpu":
+            return gen
+        seed = gen.initial_seed()
+        if seed not in self._streams:
+            self._streams = {seed: torch.Generator().manual_seed(seed)}  # only the current epoch's
+        return self._streams[seed]
 
 
 def sample_beta(alpha: float, n: int, gen: torch.Generator) -> Tensor:
@@ -253,10 +283,13 @@ class Augmenter:
     Mixup and CutMix are exclusive per batch: mixup happens with probability mixup.p; a
     batch that was not mixed up gets CutMix with probability cutmix.p. MixStyle mixes
     statistics only, not labels, so it returns no Mix. Random draws come from the given
-    generator (create it on the batch's device to avoid host-device copies of noise).
+    generator (create it on the batch's device to avoid host-device copies of noise); the
+    yes/no decisions of a device generator from a CPU stream (HostDecisions), so a GPU
+    step never waits for the GPU.
     """
     cfg: Mapping[str, Mapping[str, Any]]
     sample_rate: int
+    host: HostDecisions = field(default_factory=HostDecisions, compare=False, repr=False)
 
     @classmethod
     def from_params(cls, augment: Mapping[str, Any], sample_rate: int) -> "Augmenter":
@@ -279,8 +312,9 @@ class Augmenter:
             max_shift = int(round(cfg["max_s"] * self.sample_rate))
             x = time_shift(x, torch.randint(-max_shift, max_shift + 1, (n,), generator=gen, device=gen.device))
         if cfg := self._on("pitch_shift"):
-            x = pitch_shift(x, _uniform(n, -cfg["max_semitones"], cfg["max_semitones"], gen))
-        if (cfg := self._on("mixup")) and _chance(cfg["p"], gen):
+            x = pitch_shift(x, _uniform(n, -cfg["max_semitones"], cfg["max_semitones"], gen),
+                            max_semitones=cfg["max_semitones"])
+        if (cfg := self._on("mixup")) and _chance(cfg["p"], self.host(gen)):
             mix = Mix(torch.randperm(n, generator=gen, device=gen.device).to(x.device),
                       sample_beta(cfg["alpha"], n, gen).to(x.device))
             x = mixup(x, mix.perm, mix.lam)
@@ -293,10 +327,10 @@ class Augmenter:
     def spec(self, x: Tensor, gen: torch.Generator, mix: Mix | None = None) -> tuple[Tensor, Mix | None]:
         """Augment log-mels (B, 1, F, T); `mix` is wave()'s (CutMix is skipped if given)."""
         n = x.shape[0]
-        if (cfg := self._on("mixstyle")) and _chance(cfg["p"], gen):
+        if (cfg := self._on("mixstyle")) and _chance(cfg["p"], self.host(gen)):
             perm = torch.randperm(n, generator=gen, device=gen.device)
             x = mixstyle(x, perm, sample_beta(cfg["alpha"], n, gen))
-        if (cfg := self._on("cutmix")) and mix is None and _chance(cfg["p"], gen):
+        if (cfg := self._on("cutmix")) and mix is None and _chance(cfg["p"], self.host(gen)):
             perm = torch.randperm(n, generator=gen, device=gen.device).to(x.device)
             lam = sample_beta(cfg["alpha"], n, gen)
             x, lam = cutmix(x, perm, lam, torch.rand((n, 2), generator=gen, device=gen.device))

@@ -135,7 +135,7 @@ class DistillLoss:
 
     def __call__(self, student_logits: Tensor, teacher_logits_a: Tensor | None, targets_a: Tensor,
                  teacher_logits_b: Tensor | None = None, targets_b: Tensor | None = None,
-                 lam: Tensor | None = None, *, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
+                 lam: Tensor | None = None, *, epoch: float) -> tuple[Tensor, dict[str, Tensor | float]]:
         """Loss (scalar, differentiable) and detached logs.
 
         Without mixing pass only the `_a` arguments. With mixing pass the partner's teacher
@@ -143,7 +143,8 @@ class DistillLoss:
         the weight of source a. `epoch` is 1-based and may be fractional.
         Logs: loss, ce, kd (the warmed-up distillation term as added: 0 for method "none", so
         every method's history has the columns the plots name), and unless method is "none":
-        kd_weight, and for dkd also tckd, nckd (unweighted, lam-mixed batch means).
+        kd_weight (a float: no device tensor from a Python number in the step), and for dkd
+        also tckd, nckd (unweighted, lam-mixed batch means).
         """
         pairs = [(teacher_logits_a, targets_a)]
         weights: list[float | Tensor] = [1.0]
@@ -172,5 +173,5 @@ class DistillLoss:
             return loss, {"loss": loss.detach(), "ce": ce.detach(), "kd": torch.zeros_like(ce)}
         weight = warmup_factor(epoch, self.warmup_epochs)
         loss = self.ce_weight * ce + weight * kd
-        logs.update(loss=loss, kd=weight * kd, kd_weight=student_logits.new_tensor(weight))
-        return loss, {k: v.detach() for k, v in logs.items()}
+        logs.update(loss=loss, kd=weight * kd)
+        return loss, {**{k: v.detach() for k, v in logs.items()}, "kd_weight": weight}

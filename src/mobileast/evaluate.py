@@ -28,7 +28,7 @@ from mobileast.data.reassemble import read_recordings
 from mobileast.deploy import feature_args, frontend_for, load_model_any
 from mobileast.metrics import evaluate_predictions, summary
 from mobileast.plots import save_figure
-from mobileast.train import predict
+from mobileast.train import predict, resolve_precision
 
 Results = Mapping[str, Mapping[str, Any]]
 
@@ -135,7 +135,7 @@ def write_reports(results: Results, reports_dir: str | Path, metrics_path: str |
 
 
 def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Path,
-                    teacher_logits: Path | None, batch_size: int) -> dict[str, dict[str, Any]]:
+                    teacher_logits: Path | None, batch_size: int, precision: str = "auto") -> dict[str, dict[str, Any]]:
     """Stage evaluate: metrics of every model (deployed TorchScript or training checkpoint)
     on the evaluate fold's 1 s clips, plus the teacher from its dumped evaluate logits.
 
@@ -161,7 +161,8 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
         device = torch.device("cpu" if on_cpu else "cuda")
         batches = tqdm(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
                        unit="batch", disable=None, mininterval=1)
-        logits = predict(model.to(device), frontend_for(meta).to(device), batches, device)
+        logits = predict(model.to(device), frontend_for(meta).to(device), batches, device,
+                         resolve_precision(precision, device))
         results[name] = metrics(logits.numpy())
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))

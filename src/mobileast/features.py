@@ -14,8 +14,10 @@ def mel_scale(freq: torch.Tensor) -> torch.Tensor:
 
 
 def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float,
-                    f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
-    """Triangular mel filters, shape (n_mels, n_fft // 2 + 1).
+                    f_min: float = 0.0, f_max: float | None = None,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Triangular mel filters, shape (n_mels, n_fft // 2 + 1), built on `device`
+    (default CPU; on the GPU for per-batch banks, without a host-to-device copy).
 
     Same construction as Kaldi's (and torchaudio.compliance.kaldi.get_mel_banks
     without VTLN): triangles equally spaced on the mel scale, evaluated at the
@@ -26,10 +28,11 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float,
     if not 0 <= f_min < f_max <= nyquist:
         raise ValueError(f"need 0 <= f_min < f_max <= {nyquist}, got {f_min}, {f_max}")
     n_bins = n_fft // 2
-    bin_mel = mel_scale(torch.arange(n_bins, dtype=torch.float64) * sample_rate / n_fft)
-    lo, hi = mel_scale(torch.tensor(float(f_min), dtype=torch.float64)), mel_scale(torch.tensor(float(f_max), dtype=torch.float64))
+    f64 = {"dtype": torch.float64, "device": device}
+    bin_mel = mel_scale(torch.arange(n_bins, **f64) * sample_rate / n_fft)
+    lo, hi = mel_scale(torch.tensor(float(f_min), **f64)), mel_scale(torch.tensor(float(f_max), **f64))
     delta = (hi - lo) / (n_mels + 1)
-    left = lo + delta * torch.arange(n_mels, dtype=torch.float64)  # (n_mels,)
+    left = lo + delta * torch.arange(n_mels, **f64)  # (n_mels,)
     centre, right = left + delta, left + 2 * delta
     up = (bin_mel[None, :] - left[:, None]) / (centre - left)[:, None]
     down = (right[:, None] - bin_mel[None, :]) / (right - centre)[:, None]

@@ -52,9 +52,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import itertools
-import tempfile
+import logging
 import math
 import platform
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -293,9 +294,28 @@ def quantize_onnx(float_path: str | Path, out: str | Path, calib_inputs: Iterabl
         constants = {init.name for init in graph.initializer}
         keep_float = [node.name for node in graph.node if node.op_type in ONNX_FLOAT_OPS
                       or (node.op_type == "MatMul" and not any(i in constants for i in node.input))]
-        quantize_static(str(prepared), str(out), Reader(graph.input[0].name),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=keep_float,
-                        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
+        with _without_per_channel_fallback_warnings():
+            quantize_static(str(prepared), str(out), Reader(graph.input[0].name),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=keep_float,
+                            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
     return {"float_nodes": len(keep_float)}
+
+
+class _PerChannelFallback(logging.Filter):
+    """Drops onnxruntime's "Axis 1 is out-of-range for weight ..." warnings: 1-d weights
+    (normalisation scales) cannot be per-channel and are quantized per tensor, as intended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("Axis ") and "out-of-range for weight" in record.getMessage())
+
+
+@contextmanager
+def _without_per_channel_fallback_warnings() -> Iterator[None]:
+    root, fallback = logging.getLogger(), _PerChannelFallback()
+    root.addFilter(fallback)
+    try:
+        yield
+    finally:
+        root.removeFilter(fallback)

@@ -32,8 +32,8 @@ from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
 from mobileast.metrics import evaluate_predictions
 from mobileast.models import build_preset, build_student, model_spec
-from mobileast.train import (Outputs, Runtime, StepFn, TrainSettings, classification_validator, fit,
-                             predict, runtime)
+from mobileast.train import (Outputs, Runtime, StepFn, TrainSettings, autocast, classification_validator, fit,
+                             predict, resolve_precision, runtime)
 
 SPEC_AUGMENTS = ("mixstyle", "cutmix", "masking")
 
@@ -63,17 +63,22 @@ def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tu
 
 
 def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillLoss,
-                    teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> StepFn:
+                    teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = (),
+                    precision: str = "fp32") -> StepFn:
     """The engine's step: augment, frontend, classify, (distillation) loss.
 
     teacher_logits: the whole logits array (rows = grid crops), looked up by batch.row.
     drop_logs: loss logs left out of the history (the teacher has no distillation term).
+    precision (resolved, mobileast.train.resolve_precision): the classifier runs under
+    autocast of it; augmentation, frontend and the loss always in fp32.
     """
     def step(net: nn.Module, batch: Batch, epoch: int, gen: torch.Generator):
         wave, mix = augmenter.wave(batch.wave, gen)
         spec, mix = augmenter.spec(frontend(wave), gen, mix)
-        logits = net(spec)
-        z_t = None if teacher_logits is None else teacher_logits[batch.row]
+        with autocast(precision, spec.device):
+            logits = net(spec)
+        logits = logits.float()
+        z_t = None if teacher_logits is None else teacher_logits[batch.row].float()
         mixed = () if mix is None else (None if z_t is None else z_t[mix.perm], batch.label[mix.perm], mix.lam)
         loss, logs = loss_fn(logits, z_t, batch.label, *mixed, epoch=epoch + 1)
         return loss, {k: v for k, v in logs.items() if k != "loss" and k not in drop_logs}
@@ -92,16 +97,17 @@ def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[
            teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> None:
     """Run the engine on the train crops `data`, validating on the evaluate clips."""
     seed = params["seed"]
+    settings = TrainSettings.from_params(section, seed)
+    precision = resolve_precision(settings.precision, rt.device)
     sample_rate = int(meta["features"]["sample_rate"])
     frontend = frontend_for(meta).to(rt.device)
     augmenter = Augmenter.from_params(augment, sample_rate)
     step = supervised_step(frontend, augmenter, loss_fn,
-                           None if teacher_logits is None else teacher_logits.to(rt.device), drop_logs)
+                           None if teacher_logits is None else teacher_logits.to(rt.device), drop_logs, precision)
     validate = classification_validator(evaluate_clips(resampled, sample_rate, _rate_key(meta)), frontend,
-                                        int(section["batch_size"]), rt.device)
+                                        int(section["batch_size"]), rt, precision)
     with tracking.start_run(stage, params):
-        fit(model, step, data, TrainSettings.from_params(section, seed), outputs, meta, rt,
-            validate_fn=validate, resume_key=params)
+        fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params)
 
 
 def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, outputs: Outputs) -> None:
@@ -159,13 +165,13 @@ def load_teachers(checkpoints: Sequence[Path], device: torch.device) -> list[tup
 
 
 def ensemble_logits(teachers: Sequence[tuple[nn.Module, nn.Module]], batches_fn, n_batches: int,
-                    device: torch.device, desc: str) -> np.ndarray:
+                    device: torch.device, desc: str, precision: str = "fp32") -> np.ndarray:
     """Mean logits of the teachers over the batches that `batches_fn()` yields, float32."""
     total = 0
     for i, (model, frontend) in enumerate(teachers, 1):
         batches = tqdm(batches_fn(), total=n_batches, desc=f"{desc} (teacher {i}/{len(teachers)})", unit="batch",
                        disable=None, mininterval=1)
-        total = total + predict(model, frontend, batches, device)
+        total = total + predict(model, frontend, batches, device, precision)
     return (total / len(teachers)).numpy().astype(np.float32)
 
 
@@ -192,15 +198,16 @@ def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], 
     logits_params = params["logits"]
     batch_size = int(logits_params["batch_size"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(logits_params.get("precision", "auto"), device)
     teachers = load_teachers(checkpoints, device)
     sample_rate = int(params["data"]["sample_rate"])
     crops = train_crops(recordings, resampled, sample_rate, logits_params["hop_s"], "logits.hop_s",
                         "data.sample_rate")
     clips = evaluate_clips(resampled, sample_rate, "data.sample_rate")
     train = ensemble_logits(teachers, lambda: crops.grid_batches(batch_size), -(-crops.n_rows // batch_size),
-                            device, "teacher logits, train crops")
+                            device, "teacher logits, train crops", precision)
     evaluate = ensemble_logits(teachers, lambda: clips.batches(batch_size), -(-len(clips) // batch_size),
-                               device, "teacher logits, evaluate clips")
+                               device, "teacher logits, evaluate clips", precision)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
         np.save(tmp / "train.npy", train)

@@ -20,7 +20,7 @@ def keys(*names: str) -> dict[str, Any]:
 
 SCHEDULE = keys("warmup", "warmup_epochs", "decay", "decay_end_epoch", "min_lr")
 TRAIN = {**keys("epochs", "batch_size", "crops_per_recording", "optimizer", "lr", "weight_decay",
-                "validate_every"), "schedule": SCHEDULE}
+                "validate_every", "precision", "compile", "nproc", "sync_bn"), "schedule": SCHEDULE}
 AUGMENT = {
     "time_shift": keys("enabled", "max_s"),
     "pitch_shift": keys("enabled", "max_semitones"),
@@ -46,13 +46,13 @@ SCHEMA: dict[str, Any] = {
         "train": {**TRAIN, "crop_hop_s": LEAF},
         "augment": AUGMENT,
     },
-    "logits": keys("hop_s", "batch_size"),
+    "logits": keys("hop_s", "batch_size", "precision"),
     "student": {"preset": LEAF, "custom": FREE},
     "train": TRAIN,
     "distill": keys("method"),
     "dkd": keys("alpha", "beta", "T", "warmup_epochs", "ce_weight"),
     "augment": AUGMENT,
     "quant": keys("calib_batches", "batch_size", "float_modules", "dynamic_modules"),
-    "evaluate": keys("batch_size"),
+    "evaluate": keys("batch_size", "precision"),
     "tracking": keys("register_model", "model_name"),
 }

@@ -30,10 +30,12 @@ import hashlib
 import json
 import math
 import os
+import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,25 @@ WARMUPS = ("none", "linear", "exp")
 DECAYS = ("cosine", "linear", "constant")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 PROGRESS_EVERY = 10  # steps between progress-bar loss updates (each waits for the device)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on a CUDA device that supports it, else fp32 (CPU training stays fp32,
+    so CPU results are those of the fp32 code). fp32, bf16 and fp16 are taken as given
+    (bf16 and fp16 also on CPU, where autocast runs them, slowly)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """The autocast context of a resolved precision on `device` (a no-op for fp32)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32),
+                          enabled=precision in AUTOCAST_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -110,10 +131,15 @@ class TrainSettings:
     schedule: Schedule = field(default_factory=Schedule)
     seed: int = 0
     validate_every: int = 1  # epochs between validations; the last epoch always validates
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, see resolve_precision
+    compile: bool = False  # torch.compile the network for the training steps
+    sync_bn: bool = False  # SyncBatchNorm across the processes of a multi-GPU run
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
             raise ValueError(f"epochs, batch_size and validate_every must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}, {self.validate_every}")
@@ -126,7 +152,9 @@ class TrainSettings:
                    lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.0)),
                    optimizer=section.get("optimizer", "adam"),
                    schedule=Schedule(**section.get("schedule", {})), seed=int(seed),
-                   validate_every=int(section.get("validate_every", 1)))
+                   validate_every=int(section.get("validate_every", 1)),
+                   precision=str(section.get("precision", "auto")), compile=bool(section.get("compile", False)),
+                   sync_bn=bool(section.get("sync_bn", False)))
 
     def validates(self, epoch: int) -> bool:
         """Whether the epoch with 0-based index `epoch` ends with a validation."""
@@ -224,27 +252,100 @@ class FitResult:
 
 
 def predict(model: nn.Module, frontend: nn.Module, batches: Iterable[Batch],
-            device: torch.device) -> torch.Tensor:
-    """Logits (N, classes) of every batch, in order, on the CPU (model in eval mode)."""
+            device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """Logits (N, classes) float32 of every batch, in order, on the CPU (model in eval mode).
+
+    The frontend runs in fp32, the model under autocast of `precision` (resolved). Batches
+    are gathered one ahead in a background thread (`prefetch`)."""
     was_training = model.training
     model.eval()
+    logits = []
     with torch.no_grad():
-        logits = [model(frontend(batch.wave.to(device))).float().cpu() for batch in batches]
+        for batch in prefetch(batches, device):
+            spec = frontend(batch.wave)
+            with autocast(precision, device):
+                out = model(spec)
+            logits.append(out.float().cpu())
     model.train(was_training)
-    return torch.cat(logits)
+    return torch.cat(logits) if logits else torch.zeros(0)
 
 
 def classification_validator(source: ClipSource, frontend: nn.Module, batch_size: int,
-                             device: torch.device) -> ValidateFn:
-    """validate_fn giving cross-entropy `loss` and `accuracy` over a ClipSource."""
+                             rt: Runtime | torch.device, precision: str = "fp32") -> ValidateFn:
+    """validate_fn giving cross-entropy `loss` and `accuracy` over a ClipSource.
+
+    Under torchrun every process predicts its share of the batches (batch i on rank
+    i % world_size) and the logits are gathered, so all ranks validate together and
+    return the metrics of the whole source."""
+    rt = rt if isinstance(rt, Runtime) else Runtime(rt)
     labels = torch.from_numpy(source.labels)
 
     def validate(model: nn.Module) -> dict[str, float]:
-        logits = predict(model, frontend, source.batches(batch_size), device)
+        shard = (b for i, b in enumerate(source.batches(batch_size)) if i % rt.world_size == rt.rank)
+        logits = predict(model, frontend, shard, rt.device, precision)
+        if rt.world_size > 1:
+            parts: list[Any] = [None] * rt.world_size
+            dist.all_gather_object(parts, logits)
+            logits = _interleave([p.split(batch_size) for p in parts])
         return {"loss": nn.functional.cross_entropy(logits, labels).item(),
                 "accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
     return validate
+
+
+def _interleave(shards: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """Batches of rank r hold global batches r, r + world, ...: back in global order."""
+    ordered = [shards[i % len(shards)][i // len(shards)] for i in range(sum(len(s) for s in shards))]
+    return torch.cat(ordered)
+
+
+def prefetch(batches: Iterable[Batch], device: torch.device, depth: int = 2) -> Iterator[Batch]:
+    """`batches` moved to `device`, the next ones gathered in a background thread (Prefetcher)."""
+    return iter(Prefetcher(batches, device, depth))
+
+
+class Prefetcher:
+    """Iterate `batches` with the next one gathered (and, for CUDA, pinned) in a background
+    thread while the caller works on the current one; each is moved to `device`
+    (non-blocking from pinned memory). Yields exactly the batches of `batches`, in order;
+    an exception in the producer is raised in the caller."""
+
+    _DONE = object()
+
+    def __init__(self, batches: Iterable[Batch], device: torch.device, depth: int = 2):
+        self.device, self.pin = torch.device(device), torch.device(device).type == "cuda"
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(iter(batches),), daemon=True)
+        self.thread.start()
+
+    def _produce(self, batches: Iterator[Batch]) -> None:
+        try:
+            for batch in batches:
+                item = batch.pin_memory() if self.pin else batch
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self.queue.put(self._DONE)
+        except BaseException as error:  # handed to the consumer
+            self.queue.put(error)
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            while True:
+                item = self.queue.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.to(self.device, non_blocking=self.pin)
+        finally:
+            self.stop.set()
 
 
 def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSettings,
@@ -271,62 +372,93 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     steps = data.steps_per_epoch(settings.batch_size)
     if steps == 0:
         raise ValueError(f"batch_size {settings.batch_size} exceeds the crops of one epoch")
+    model = _with_sync_bn(model, settings, rt)
     model.to(rt.device)
     optimizer = settings.make_optimizer(model)
+    precision = resolve_precision(settings.precision, rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
     fingerprint = _fingerprint(settings, meta, resume_key)
-    state = _resume(outputs, fingerprint, settings.epochs, model, optimizer, rt)
+    state = _resume(outputs, fingerprint, settings.epochs, model, optimizer, scaler, rt)
     net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.world_size > 1 else model
+    if settings.compile:
+        net = torch.compile(net)
     for epoch in range(state.epoch, settings.epochs):
         row = {"epoch": epoch + 1, "lr": settings.schedule.lr(settings.lr, epoch),
-               **_train_epoch(net, optimizer, step_fn, data, settings, epoch, steps, rt)}
+               **_train_epoch(net, optimizer, scaler, step_fn, data, settings, epoch, steps, rt)}
         _sync_buffers(model, rt)
+        validated = validate_fn is not None and settings.validates(epoch)
+        if validated:  # every rank validates its share (classification_validator)
+            row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
         if rt.is_main:
-            validated = validate_fn is not None and settings.validates(epoch)
-            if validated:
-                row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
             state.record(row, select if validated else None, mode)
-            _write_epoch(outputs, state, model, optimizer, meta, fingerprint, settings)
+            _write_epoch(outputs, state, model, optimizer, scaler, meta, fingerprint, settings)
             tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             tqdm.write(" ".join(f"{k}={v:.5g}" for k, v in row.items()))
         if rt.world_size > 1:
             dist.barrier()  # ranks leave every epoch together, after its checkpoint is written
     if rt.is_main:
-        _save(outputs.model, _checkpoint(state, model, optimizer, meta, fingerprint, settings))
+        _save(outputs.model, _checkpoint(state, model, optimizer, scaler, meta, fingerprint, settings))
         if outputs.resume is not None:
             outputs.resume.unlink(missing_ok=True)
     return FitResult(state.history, state.best)
 
 
-def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, data: EpochSource,
-                 settings: TrainSettings, epoch: int, steps: int, rt: Runtime) -> dict[str, float]:
-    """One epoch of optimiser steps; returns `train_<key>` means of the step's loss and logs."""
+def _with_sync_bn(model: nn.Module, settings: TrainSettings, rt: Runtime) -> nn.Module:
+    """The model with SyncBatchNorm layers (same parameters, buffers and state_dict keys) when
+    asked for in a multi-process run; PyTorch's SyncBatchNorm needs CUDA."""
+    if not settings.sync_bn or rt.world_size == 1:
+        return model
+    if rt.device.type != "cuda":
+        raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU); "
+                         "set it to false for CPU runs")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step_fn: StepFn,
+                 data: EpochSource, settings: TrainSettings, epoch: int, steps: int, rt: Runtime) -> dict[str, float]:
+    """One epoch of optimiser steps; returns `train_<key>` means of the step's loss and logs.
+
+    Nothing here waits for the device: tensor logs are summed on it, float logs on the
+    host, the next batch is gathered in a background thread (prefetch), and only the
+    progress bar, when shown, reads the loss every PROGRESS_EVERY steps."""
     generator = _seed_epoch(settings.seed, epoch, rt)
     net.train()
-    sums: dict[str, torch.Tensor] = {}
-    batches = tqdm(data.epoch_batches(epoch, settings.batch_size, rt.rank, rt.world_size), total=steps,
-                   desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, disable=None if rt.is_main else True)
+    device_sums: dict[str, torch.Tensor] = {}
+    host_sums: dict[str, float] = {}
+    batches = tqdm(prefetch(data.epoch_batches(epoch, settings.batch_size, rt.rank, rt.world_size), rt.device),
+                   total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False,
+                   disable=None if rt.is_main else True)
     for step, batch in enumerate(batches):
-        loss, logs = optimizer_step(net, optimizer, step_fn, batch.to(rt.device), settings, epoch,
-                                    epoch + step / steps, generator)
+        loss, logs = optimizer_step(net, optimizer, step_fn, batch, settings, epoch, epoch + step / steps, generator,
+                                    scaler)
         for key, value in {"loss": loss, **logs}.items():
-            sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float64, device=rt.device)
+            if isinstance(value, torch.Tensor):
+                device_sums[key] = device_sums.get(key, 0.0) + value.to(torch.float64)
+            else:
+                host_sums[key] = host_sums.get(key, 0.0) + float(value)
         if not batches.disable and step % PROGRESS_EVERY == 0:  # the postfix waits for the device
-            batches.set_postfix(loss=f"{sums['loss'].item() / (step + 1):.4f}", refresh=False)
-    return {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, rt).items()}
+            batches.set_postfix(loss=f"{device_sums['loss'].item() / (step + 1):.4f}", refresh=False)
+    return {f"train_{k}": v for k, v in _mean_over_ranks(device_sums, host_sums, steps, rt).items()}
 
 
 def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, batch: Batch,
-                   settings: TrainSettings, epoch: int, progress: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]:
+                   settings: TrainSettings, epoch: int, progress: float, generator: torch.Generator,
+                   scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]:
     """One training step as the engine runs it: learning rate for `progress` (fractional
-    epochs done), `step_fn`, backward, optimizer step. Returns the detached loss and the logs."""
+    epochs done), `step_fn`, backward, optimizer step (through the fp16 GradScaler when
+    enabled). Returns the detached loss and the logs."""
     for group in optimizer.param_groups:
         group["lr"] = settings.schedule.lr(settings.lr, progress)
     loss, logs = step_fn(net, batch, epoch, generator)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss.detach(), logs
 
 
@@ -354,7 +486,7 @@ def _fingerprint(settings: TrainSettings, meta: Mapping[str, Any], resume_key: M
 
 
 def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
-            optimizer: torch.optim.Optimizer, rt: Runtime) -> _State:
+            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime) -> _State:
     """Load the resume checkpoint of the same run into model and optimizer, else start afresh.
 
     A checkpoint of all epochs (the final model was not written yet) resumes with no epoch left.
@@ -366,6 +498,8 @@ def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
         return _State()
     model.load_state_dict(checkpoint["state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("grad_scaler"):
+        scaler.load_state_dict(checkpoint["grad_scaler"])
     best = checkpoint["best"] if outputs.best is None or outputs.best.is_file() else None
     if rt.is_main:
         tqdm.write(f"resuming from {outputs.resume} after epoch {checkpoint['epoch']}")
@@ -379,8 +513,12 @@ def _seed_epoch(seed: int, epoch: int, rt: Runtime) -> torch.Generator:
     return torch.Generator(device=rt.device).manual_seed(int(step_seed))
 
 
-def _mean_over_ranks(sums: Mapping[str, torch.Tensor], steps: int, rt: Runtime) -> dict[str, float]:
-    """Per-step means of the step logs (float64 sums on the device) over the epoch and all processes."""
+def _mean_over_ranks(device_sums: Mapping[str, torch.Tensor], host_sums: Mapping[str, float], steps: int,
+                     rt: Runtime) -> dict[str, float]:
+    """Per-step means of the step logs (float64 sums on the device or the host) over the
+    epoch and all processes."""
+    sums = {**{k: torch.tensor(v, dtype=torch.float64, device=rt.device) for k, v in host_sums.items()},
+            **device_sums}
     keys = sorted(sums)
     totals = torch.stack([sums[k] for k in keys])
     if rt.world_size > 1:
@@ -403,12 +541,15 @@ def _validate(model: nn.Module, validate_fn: ValidateFn) -> Mapping[str, float]:
     return metrics
 
 
-def _checkpoint(state: _State, model: nn.Module, optimizer: torch.optim.Optimizer, meta: Mapping[str, Any],
-                fingerprint: str, settings: TrainSettings) -> dict[str, Any]:
+def _checkpoint(state: _State, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                meta: Mapping[str, Any], fingerprint: str, settings: TrainSettings) -> dict[str, Any]:
     """A checkpoint in the project contract (meta keys, state_dict) with the engine's state."""
-    return {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": state.epoch, "history": state.history, "best": state.best,
-            "settings": asdict(settings), "fingerprint": fingerprint}
+    checkpoint = {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "epoch": state.epoch, "history": state.history, "best": state.best,
+                  "settings": asdict(settings), "fingerprint": fingerprint}
+    if scaler.is_enabled():
+        checkpoint["grad_scaler"] = scaler.state_dict()
+    return checkpoint
 
 
 def _save(path: Path, checkpoint: Mapping[str, Any]) -> None:
@@ -417,9 +558,10 @@ def _save(path: Path, checkpoint: Mapping[str, Any]) -> None:
 
 
 def _write_epoch(outputs: Outputs, state: _State, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 meta: Mapping[str, Any], fingerprint: str, settings: TrainSettings) -> None:
+                 scaler: torch.amp.GradScaler, meta: Mapping[str, Any], fingerprint: str,
+                 settings: TrainSettings) -> None:
     """Write the resume (and, if improved, best) checkpoint and the history, each atomically."""
-    checkpoint = _checkpoint(state, model, optimizer, meta, fingerprint, settings)
+    checkpoint = _checkpoint(state, model, optimizer, scaler, meta, fingerprint, settings)
     paths = [outputs.resume] + ([outputs.best] if state.improved else [])
     for path in paths:
         if path is not None:

@@ -61,8 +61,13 @@ class Batch:
     label: torch.Tensor
     row: torch.Tensor
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.wave.to(device), self.label.to(device), self.row.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(self.wave.to(device, non_blocking=non_blocking), self.label.to(device, non_blocking=non_blocking),
+                     self.row.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked memory, for non-blocking copies to a GPU."""
+        return Batch(self.wave.pin_memory(), self.label.pin_memory(), self.row.pin_memory())
 
     def __len__(self) -> int:
         return len(self.label)

@@ -87,13 +87,17 @@ class PaSSTMel(LogMel):
         self.cfg = cfg
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(wave.device.type, enabled=False):  # fp32 features under mixed precision
+            return self._logmel(wave.float())
+
+    def _logmel(self, wave: torch.Tensor) -> torch.Tensor:
         c = self.cfg
         power = self.power(wave)  # (B, F, frames)
         banks = self.mel_banks
-        if self.training:
+        if self.training:  # range drawn on the CPU, banks built on the device: no host sync
             f_min = c.f_min + int(torch.randint(c.fmin_aug_range, (1,)))
             f_max = c.f_max + c.fmax_aug_range // 2 - int(torch.randint(c.fmax_aug_range, (1,)))
-            banks = kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, f_min, f_max).to(power.device)
+            banks = kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, f_min, f_max, device=power.device)
         logmel = torch.log(torch.matmul(banks, power) + 1e-5)  # (B, n_mels, frames)
         if self.training:
             logmel = mask_bands(mask_bands(logmel, c.specaug_freq, -2), c.specaug_time, -1)
@@ -215,12 +219,14 @@ class PaSST(nn.Module):
 
     def patchout(self, x: torch.Tensor) -> torch.Tensor:
         """Structured patchout: drop random time columns / frequency rows of the patch
-        grid, the same ones for the whole batch."""
+        grid, the same ones for the whole batch (drawn on the CPU, sent without a host sync)."""
         _, _, f, t = x.shape
         if self.cfg.patchout_t:
-            x = x[..., torch.randperm(t)[:t - self.cfg.patchout_t].sort().values]
+            keep = torch.randperm(t)[:t - self.cfg.patchout_t].sort().values
+            x = x.index_select(3, keep.to(x.device, non_blocking=True))
         if self.cfg.patchout_f:
-            x = x[:, :, torch.randperm(f)[:f - self.cfg.patchout_f].sort().values]
+            keep = torch.randperm(f)[:f - self.cfg.patchout_f].sort().values
+            x = x.index_select(2, keep.to(x.device, non_blocking=True))
         return x
 
 
