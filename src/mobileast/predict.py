@@ -122,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Acoustic scene and class probabilities of audio files (any sample rate, "
                     "mono or stereo), averaged over the file's 1 s clips.")
     parser.add_argument("--model", required=True,
-                        help="deployed model (TorchScript from the quantize stage) or a training checkpoint")
+                        help="deployed model (TorchScript from the quantize stage, or ONNX from export) "
+                             "or a training checkpoint")
     parser.add_argument("files", nargs="+", help="audio files (WAV, FLAC, ...)")
     parser.add_argument("--per-second", action="store_true", help="also print the prediction of every 1 s clip")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
