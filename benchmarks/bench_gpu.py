@@ -188,7 +188,7 @@ def main() -> None:
             rows = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if args.compile and
                                                        subject.name.startswith("student") else [])
             for precision, compiled in rows:
-                if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+                if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
                     continue
                 rate = time_training(subject, precision, compiled, data, device, args.steps, args.rounds)
                 label = precision + (" compiled" if compiled else "")

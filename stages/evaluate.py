@@ -7,6 +7,7 @@ from pathlib import Path
 from mobileast import tracking
 from mobileast.config import flatten, stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.launch import prepare
 from mobileast.evaluate import evaluate_models, write_reports
 from mobileast.metrics import summary
 from stages import run
@@ -19,6 +20,7 @@ MODELS = {"student_float": Path("models/student.pt"), "student_int8": Path("mode
 
 def main() -> None:
     params = stage_params(PARAMS)
+    prepare(1, __spec__.name)  # a GPU of its own when several experiments share the machine
     with tracking.start_run("evaluate", params):
         results = evaluate_models(MODELS, RESAMPLED_DIR, RECORDINGS_DIR,
                                   Path("data/teacher_logits/evaluate.npy"), int(params["evaluate"]["batch_size"]),

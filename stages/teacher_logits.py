@@ -6,6 +6,7 @@ from pathlib import Path
 from mobileast import tracking
 from mobileast.config import flatten, stage_params, write_json
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.launch import prepare
 from mobileast.metrics import summary
 from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints
 from stages import run
@@ -17,6 +18,7 @@ ENSEMBLE_DIR = Path("models/ensemble")  # teacher.ensemble checkpoints live here
 
 def main() -> None:
     params = stage_params(PARAMS)
+    prepare(1, __spec__.name)  # a GPU of its own when several experiments share the machine
     checkpoints = ensemble_checkpoints(Path("models/teacher.pt"), params["teacher"]["ensemble"], ENSEMBLE_DIR)
     with tracking.start_run("teacher_logits", params):
         result = dump_teacher_logits(params, checkpoints, RECORDINGS_DIR, RESAMPLED_DIR,

@@ -91,7 +91,8 @@ def assert_low_precision_agrees(name: str, precision: str, device: torch.device)
     assert low.dtype == torch.float32
     spread = reference.std().item()
     error = (low - reference).abs().max().item()
-    assert error < 0.1 * spread + 1e-3, f"{precision} logits differ by {error:.3g} (fp32 spread {spread:.3g})"
+    # Relative to the spread only: a random student's logits spread ~1e-4, under any absolute floor.
+    assert error < 0.1 * spread, f"{precision} logits differ by {error:.3g} (fp32 spread {spread:.3g})"
 
 
 def augmented_distillation_losses(name: str, device: torch.device, guard=nullcontext, steps: int = 5) -> list[float]:

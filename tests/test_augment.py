@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mobileast.augment import (SECTIONS, Augmenter, add_noise, cutmix, mask_bands, mixstyle, mixup,
+from mobileast.augment import (SECTIONS, Augmenter, add_noise, cutmix, istft, mask_bands, mixstyle, mixup,
                                pitch_shift, sample_beta, time_shift)
 from mobileast.config import load_params
 
@@ -170,6 +170,17 @@ def test_pitch_shift_keeps_tone_pure_and_batch_independent():
     alone = pitch_shift(x[:1], torch.tensor([1.5]))
     edge = 2048
     assert_close(y[0, edge:-edge], alone[0, edge:-edge], atol=1e-3, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")  # torch.istft pads too
+@pytest.mark.parametrize("length", [8000, 9000, 12000])  # within, at and past the end of the frames
+def test_istft_equals_torch_istft(length):
+    n_fft, hop = 1024, 256
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = torch.stft(waves(3, 8000).double(), n_fft, hop, window=window, center=True, return_complex=True)
+    spec = spec * torch.exp(1j * torch.rand(spec.shape, generator=gen(3), dtype=torch.float64))  # not an STFT
+    assert_close(istft(spec, n_fft, hop, window, length),
+                 torch.istft(spec, n_fft, hop, window=window, center=True, length=length), atol=1e-12, rtol=0)
 
 
 def test_noise_hits_requested_snr_exactly():

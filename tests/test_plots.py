@@ -37,8 +37,8 @@ def student_history(stores, out: Path, method: str) -> Path:
     loss = DistillLoss(method=method, alpha=1, beta=2, temperature=2, warmup_epochs=1)
     history = out / "reports" / "student_history.csv"
     with runtime(0) as rt:
-        step = supervised_step(LogMel(**FEATURES), Augmenter.from_params(AUGMENT, 8000), loss,
-                               None if method == "none" else teacher)
+        step = supervised_step(LogMel(**FEATURES).to(rt.device), Augmenter.from_params(AUGMENT, 8000), loss,
+                               None if method == "none" else teacher.to(rt.device))
         fit(tiny_model(), step, data, train_settings(epochs=2), Outputs(out / "model.pt", history=history),
             META, rt, validate_fn=lambda model: {"loss": 1.0, "accuracy": 0.5})
     return history

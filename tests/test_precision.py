@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import torch
 import gpu_checks
 from mobileast import launch
 from mobileast.augment import HostDecisions, pitch_shift
+from mobileast.config import ParamsError
 from mobileast.data.crops import RecordingCrops
 from mobileast.train import Prefetcher, TrainSettings, Runtime, _with_sync_bn, prefetch, resolve_precision
 from test_train import CLIP, make_stores, train, train_settings
@@ -86,6 +89,16 @@ def test_prefetch_raises_the_loaders_error_and_stops_when_left_early(stores):
         pass
     loader.thread.join(timeout=5)
     assert not loader.thread.is_alive()
+    def two_then_error():
+        yield from list(crops.epoch_batches(0, 16))[:2]
+        raise OSError("store unreadable")
+
+    for source in (list(crops.epoch_batches(0, 16))[:2], two_then_error()):  # left with its end (error) to queue
+        loader = Prefetcher(source, CPU, depth=1)
+        for _ in zip(range(1), loader):
+            time.sleep(0.5)  # the producer queues the last batch meanwhile
+        loader.thread.join(timeout=5)
+        assert not loader.thread.is_alive()
     assert threading.active_count() < 50
 
 
@@ -157,6 +170,17 @@ def test_claim_gpus_gives_each_claimant_its_own_gpu(tmp_path):
         launch.claim_gpus(4, 3, tmp_path)
 
 
+def test_prepare_refuses_more_processes_than_usable_gpus(monkeypatch):
+    monkeypatch.setattr(launch, "gpu_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    with pytest.raises(ParamsError, match=r"nproc 2 exceeds the 1 GPU\(s\).*CUDA_VISIBLE_DEVICES=2"):
+        launch.prepare(2, "stages.student_train")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(launch, "gpu_count", lambda: 1)
+    with pytest.raises(ParamsError, match=r"nproc 2 exceeds the 1 GPU\(s\) this stage can use$"):
+        launch.prepare(2, "stages.student_train")
+
+
 STAGE_MODULE = """
 import os, sys
 from pathlib import Path
@@ -171,11 +195,58 @@ raise SystemExit(3 if rank == "1" else 0)
 """
 
 
+SLEEPING_STAGE = """
+import os, sys, time
+from pathlib import Path
+from mobileast.launch import prepare
+status = prepare(2, __spec__.name)
+if status is not None:
+    raise SystemExit(status)
+Path(sys.argv[1], f"worker{os.getpid()}").touch()
+time.sleep(120)
+"""
+
+
+def test_sigterm_to_the_stage_stops_its_torchrun_workers(tmp_path):
+    """`dvc queue kill` sends SIGTERM to the stage command: its workers must not live on
+    (holding GPUs whose locks died with the stage)."""
+    (tmp_path / "sleeping_stage.py").write_text(SLEEPING_STAGE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes, GPU or not
+    stage = subprocess.Popen([sys.executable, "-m", "sleeping_stage", str(tmp_path)], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := [int(p.name[6:]) for p in tmp_path.glob("worker*")]) < 2:
+            assert time.monotonic() < deadline and stage.poll() is None, "the workers did not start"
+            time.sleep(0.2)
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        stage.kill()
+        for pid in [int(p.name[6:]) for p in tmp_path.glob("worker*")]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie (exited, not yet reaped) is not alive
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_stage_runs_itself_under_torchrun_when_nproc_exceeds_one(nproc, tmp_path):
     (tmp_path / "fake_stage.py").write_text(STAGE_MODULE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes, GPU or not
     proc = subprocess.run([sys.executable, "-m", "fake_stage", str(nproc), str(tmp_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("rank", "launcher")))

@@ -209,7 +209,7 @@ with runtime() as rt:  # every rank validates its share of an odd number of batc
 
 def torchrun(script: Path, *args) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo processes on the CPU, GPU or not
     command = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run([str(command), "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=300)

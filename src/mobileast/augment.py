@@ -81,10 +81,28 @@ def pitch_shift(x: Tensor, semitones: Tensor, n_fft: int = 1024, hop_length: int
     largest = float(ratio.max()) if max_semitones is None else 2.0 ** (abs(max_semitones) / 12)
     stretched_len = _smooth_size(math.ceil(n * largest))
     stretched = _time_stretch(spec, ratio, stretched_len // hop_length + 1, hop_length)
-    stretched = torch.istft(stretched, n_fft, hop_length, window=window, center=True, length=stretched_len)
+    stretched = istft(stretched, n_fft, hop_length, window, stretched_len)
     y = _resample(stretched, ratio, n, oversample)
     gain = torch.sqrt(work.square().sum(-1, keepdim=True) / y.square().sum(-1, keepdim=True).clamp_min(1e-30))
     return (y * gain).to(x.dtype)
+
+
+def istft(spec: Tensor, n_fft: int, hop_length: int, window: Tensor, length: int) -> Tensor:
+    """Inverse of a centred torch.stft (B, n_fft // 2 + 1, frames) -> (B, length): windowed
+    overlap-add divided by the summed squared window, as torch.istft(center=True) computes
+    it, but without its check that the envelope is nonzero, which reads a value back from
+    the device (a host sync every step on a GPU). Samples the frames don't cover are 0."""
+    frames = torch.fft.irfft(spec.transpose(1, 2), n=n_fft) * window  # (B, frames, n_fft)
+    n_frames = frames.shape[1]
+    total = n_fft + hop_length * (n_frames - 1)
+
+    def overlap_add(x: Tensor) -> Tensor:  # (B, frames, n_fft) -> (B, total)
+        return F.fold(x.transpose(1, 2), (1, total), (1, n_fft), stride=(1, hop_length))[:, 0, 0]
+
+    envelope = overlap_add(window.square().expand(1, n_frames, n_fft))  # (1, total)
+    signal = overlap_add(frames) / torch.where(envelope > 1e-11, envelope, 1.0)
+    signal = signal[:, n_fft // 2:n_fft // 2 + length]
+    return F.pad(signal, (0, length - signal.shape[-1]))
 
 
 def _smooth_size(n: int) -> int:

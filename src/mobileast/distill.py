@@ -62,16 +62,20 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, target: Tensor,
     n_classes = student_logits.shape[-1]
     if n_classes < 3:
         raise ValueError(f"DKD needs >= 3 classes, got {n_classes}")
-    is_target = F.one_hot(target, n_classes).bool()  # (B, C)
+    target = target[:, None]  # (B, 1)
+    # The non-target classes of each row in class order, by index arithmetic: gather needs
+    # no host sync on a GPU (masked_select and one_hot read values back to size their output).
+    ranks = torch.arange(n_classes - 1, device=target.device)[None, :]  # (1, C - 1)
+    non_target = ranks + (ranks >= target).long()  # (B, C - 1)
 
     def split(logits: Tensor) -> tuple[Tensor, Tensor]:
         """Log [p_t, 1 - p_t] (B, 2) and the non-target log-softmax (B, C - 1)."""
         scaled = logits / temperature
         log_p = F.log_softmax(scaled, dim=-1)
-        log_pt = log_p.masked_select(is_target).unsqueeze(-1)
-        others = log_p.masked_select(~is_target).view(-1, n_classes - 1)
+        log_pt = log_p.gather(-1, target)  # (B, 1)
+        others = log_p.gather(-1, non_target)  # (B, C - 1)
         log_b = torch.cat([log_pt, others.logsumexp(-1, keepdim=True)], dim=-1)
-        log_hat = F.log_softmax(scaled.masked_select(~is_target).view(-1, n_classes - 1), dim=-1)
+        log_hat = F.log_softmax(scaled.gather(-1, non_target), dim=-1)
         return log_b, log_hat
 
     s_b, s_hat = split(student_logits)

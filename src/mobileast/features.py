@@ -17,7 +17,7 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float,
                     f_min: float = 0.0, f_max: float | None = None,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """Triangular mel filters, shape (n_mels, n_fft // 2 + 1), built on `device`
-    (default CPU; on the GPU for per-batch banks, without a host-to-device copy).
+    (default CPU; on the GPU for per-batch banks, without a host-to-device copy or sync).
 
     Same construction as Kaldi's (and torchaudio.compliance.kaldi.get_mel_banks
     without VTLN): triangles equally spaced on the mel scale, evaluated at the
@@ -30,7 +30,8 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float,
     n_bins = n_fft // 2
     f64 = {"dtype": torch.float64, "device": device}
     bin_mel = mel_scale(torch.arange(n_bins, **f64) * sample_rate / n_fft)
-    lo, hi = mel_scale(torch.tensor(float(f_min), **f64)), mel_scale(torch.tensor(float(f_max), **f64))
+    # The range ends as Python numbers from CPU tensors: a scalar copied to a GPU waits for it.
+    lo, hi = (mel_scale(torch.tensor(float(f), dtype=torch.float64, device="cpu")).item() for f in (f_min, f_max))
     delta = (hi - lo) / (n_mels + 1)
     left = lo + delta * torch.arange(n_mels, **f64)  # (n_mels,)
     centre, right = left + delta, left + 2 * delta

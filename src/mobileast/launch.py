@@ -1,6 +1,7 @@
-"""How a training stage takes its GPUs and its processes, from the stage command itself.
+"""How a stage takes its GPUs and its processes, from the stage command itself.
 
-`prepare(nproc, module)` at the start of a training stage:
+`prepare(nproc, module)` at the start of a stage that uses a GPU (training with `nproc`
+processes; the logit dump and evaluation with 1):
 - GPUs: on a machine with several GPUs, when CUDA_VISIBLE_DEVICES is not set, the stage
   claims `nproc` free GPUs and sets CUDA_VISIBLE_DEVICES to them (before CUDA starts). A
   GPU is claimed with an exclusive lock on `<project root>/.dvc/tmp/gpu-locks/gpu<i>.lock`
@@ -11,7 +12,8 @@
 - Processes: with `nproc` > 1, a stage not yet under torchrun runs itself under
   `python -m torch.distributed.run --standalone --nproc_per_node nproc -m <module> [args]` and
   exits with its status, so `dvc repro` / `dvc exp run` run (and record) multi-GPU training
-  like any other stage. On CPU, nproc > 1 runs gloo processes (for tests; slower).
+  like any other stage; a SIGTERM to the stage (`dvc queue kill`) is passed on to torchrun,
+  which stops its workers. On CPU, nproc > 1 runs gloo processes (for tests; slower).
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ import fcntl
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO
 
+from mobileast.config import ParamsError
 from mobileast.tracking import store_root
 
 LOCK_DIR = Path(".dvc") / "tmp" / "gpu-locks"
@@ -79,10 +83,15 @@ def prepare(nproc: int, module: str) -> int | None:
     """Take GPUs and processes for a training stage (module docstring); returns the exit
     status of the torchrun launch when this process started one, else None (go on training)."""
     if nproc < 1:
-        raise ValueError(f"nproc must be >= 1, got {nproc}")
+        raise ParamsError(f"params.yaml: nproc must be >= 1, got {nproc}")
     if under_torchrun():
         return None
     count = gpu_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    usable = count if visible is None else len([d for d in visible.split(",") if d.strip()])
+    if usable and nproc > usable:  # (CUDA_VISIBLE_DEVICES="" hides the GPUs: a CPU run)
+        raise ParamsError(f"params.yaml: nproc {nproc} exceeds the {usable} GPU(s) this stage can use"
+                          + ("" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible})"))
     if count > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         gpus = claim_gpus(nproc, count, store_root() / LOCK_DIR)
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
@@ -91,4 +100,9 @@ def prepare(nproc: int, module: str) -> int | None:
         return None
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", module, *sys.argv[1:]]
-    return subprocess.run(command, env=os.environ.copy()).returncode
+    launcher = subprocess.Popen(command, env=os.environ.copy())
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: launcher.send_signal(signum))
+    try:
+        return launcher.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

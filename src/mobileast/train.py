@@ -65,7 +65,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
 
 
 def autocast(precision: str, device: torch.device) -> Any:
@@ -281,8 +281,7 @@ def classification_validator(source: ClipSource, frontend: nn.Module, batch_size
     labels = torch.from_numpy(source.labels)
 
     def validate(model: nn.Module) -> dict[str, float]:
-        shard = (b for i, b in enumerate(source.batches(batch_size)) if i % rt.world_size == rt.rank)
-        logits = predict(model, frontend, shard, rt.device, precision)
+        logits = predict(model, frontend, source.batches(batch_size, rt.rank, rt.world_size), rt.device, precision)
         if rt.world_size > 1:
             parts: list[Any] = [None] * rt.world_size
             dist.all_gather_object(parts, logits)
@@ -322,18 +321,21 @@ class Prefetcher:
     def _produce(self, batches: Iterator[Batch]) -> None:
         try:
             for batch in batches:
-                item = batch.pin_memory() if self.pin else batch
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self.stop.is_set():
+                if not self._put(batch.pin_memory() if self.pin else batch):
                     return
-            self.queue.put(self._DONE)
+            self._put(self._DONE)
         except BaseException as error:  # handed to the consumer
-            self.queue.put(error)
+            self._put(error)
+
+    def _put(self, item: Any) -> bool:
+        """Queue `item` unless the consumer has gone (then False: never block on a full queue)."""
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __iter__(self) -> Iterator[Batch]:
         try:

@@ -221,9 +221,10 @@ class ClipSource:
     def __len__(self) -> int:
         return len(self.table)
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        """All clips in order, in batches of up to batch_size."""
-        for begin in range(0, len(self), batch_size):
+    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """All clips in order, in batches of up to batch_size; with several processes, this
+        one's share: batches rank, rank + world_size, ... (only those are read)."""
+        for begin in range(rank * batch_size, len(self), world_size * batch_size):
             rows = np.arange(begin, min(begin + batch_size, len(self)))
             yield Batch(_gather(self.audio, self.offsets[rows], self.clip_samples),
                         torch.from_numpy(self.labels[rows]), torch.from_numpy(rows))
