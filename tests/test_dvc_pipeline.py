@@ -1,6 +1,6 @@
 """dvc.yaml stays exact: every stage depends on precisely the code it runs and the
 params keys its script declares, so `dvc exp run -S key=value` re-runs what it must
-and nothing else."""
+and nothing else, and every stage but `track` can be restored from DVC's run cache."""
 import ast
 import importlib
 import io
@@ -82,6 +82,33 @@ def test_params_are_exactly_what_the_script_declares(stage):
     # params read but declared as no dependency: outputs must not depend on them
     assert set(getattr(script, "UNTRACKED", [])) <= {"data.workers"}
 
+
+
+
+def declared_outs(stage: dict) -> dict[str, list[dict]]:
+    """The stage's outs, metrics and plots as {kind: [{"path": ..., **flags}]}."""
+    def entry(item: str | dict) -> dict:
+        if isinstance(item, str):
+            return {"path": item}
+        [(path, flags)] = item.items()
+        return {"path": path, **(flags or {})}
+
+    return {kind: [entry(item) for item in stage.get(kind, [])] for kind in ("outs", "metrics", "plots")}
+
+
+@pytest.mark.parametrize("stage", [name for name in STAGES if name != "track"])
+def test_every_stage_but_track_can_be_restored_from_the_run_cache(stage):
+    """DVC saves a stage run to its run cache only if the stage is not always_changed, has
+    deps and outputs, no `persist` output and no plain out with `cache: false` (metrics and
+    plots may have it): then `dvc exp run` back to params already tried restores, not reruns."""
+    declared = declared_outs(PIPELINE[stage])
+    assert not PIPELINE[stage].get("always_changed") and PIPELINE[stage]["deps"] and any(declared.values())
+    assert not [out["path"] for entries in declared.values() for out in entries if out.get("persist")]
+    assert not [out["path"] for out in declared["outs"] if out.get("cache") is False]
+
+
+def test_track_runs_every_time():
+    assert PIPELINE["track"]["always_changed"] is True
 
 def write_code_deps(path: Path = ROOT / "dvc.yaml") -> None:
     """Rewrite every stage's code deps in dvc.yaml to its code closure, keeping its other deps
