@@ -5,6 +5,9 @@ import ast
 import importlib
 import io
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,33 @@ def test_params_are_exactly_what_the_script_declares(stage):
 
 
 
+
+def run_launcher(cwd: Path, bin_dir: Path) -> str:
+    """stages/python -c ... run from `cwd` with only `bin_dir` on PATH; its stdout."""
+    for tool in ("dirname",):  # what the launcher calls besides the shell's builtins
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = subprocess.run([str(ROOT / "stages" / "python"), "-c", "import os; print(os.environ['PYTHONPATH'])"],
+                          cwd=cwd, env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_stage_interpreter_is_the_venv_found_upwards(tmp_path):
+    """From a DVC experiment copy inside the project: the project's .venv, the copy's src first."""
+    venv_bin = tmp_path / "project" / ".venv" / "bin"
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpx"
+    venv_bin.mkdir(parents=True)
+    copy.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    (tmp_path / "bin").mkdir()
+    assert run_launcher(copy, tmp_path / "bin") == str(copy / "src")
+
+
+def test_stage_interpreter_without_a_venv_is_python3_on_path(tmp_path):
+    """No .venv: `python3` (many systems have no `python`)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(sys.executable)
+    assert run_launcher(tmp_path, tmp_path / "bin") == str(tmp_path / "src")
 
 def declared_outs(stage: dict) -> dict[str, list[dict]]:
     """The stage's outs, metrics and plots as {kind: [{"path": ..., **flags}]}."""
