@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -71,8 +72,14 @@ def wait_until_up(base: str, server: subprocess.Popen, log: IO[bytes], timeout: 
 
 
 def summary_runs(base: str) -> list[dict]:
-    """The active summary runs of the project's MLflow experiment, as the REST API returns them."""
-    experiment = call(base, "experiments/get-by-name", {"experiment_name": EXPERIMENT})["experiment"]
+    """The active summary runs of the project's MLflow experiment, as the REST API returns them
+    (none when the store has no such experiment yet)."""
+    try:
+        experiment = call(base, "experiments/get-by-name", {"experiment_name": EXPERIMENT})["experiment"]
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return []
+        raise
     return call(base, "runs/search", body={"experiment_ids": [experiment["experiment_id"]],
                                            "filter": "tags.summary = 'true'", "max_results": 1000}).get("runs", [])
 
