@@ -4,7 +4,8 @@ SHELL := /bin/bash
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
-# Stage commands in dvc.yaml call `python -m stages.<name>`: put the venv first on PATH.
+# The venv's dvc, mlflow and python for the recipes below (the stage commands find the venv
+# themselves: stages/python).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv repro test ui bench clean-venv

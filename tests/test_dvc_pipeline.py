@@ -1,10 +1,13 @@
 """dvc.yaml stays exact: every stage depends on precisely the code it runs and the
 params keys its script declares, so `dvc exp run -S key=value` re-runs what it must
-and nothing else."""
+and nothing else, and every stage but `track` can be restored from DVC's run cache."""
 import ast
 import importlib
 import io
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,60 @@ def test_params_are_exactly_what_the_script_declares(stage):
     # params read but declared as no dependency: outputs must not depend on them
     assert set(getattr(script, "UNTRACKED", [])) <= {"data.workers"}
 
+
+
+
+def run_launcher(cwd: Path, bin_dir: Path) -> str:
+    """stages/python -c ... run from `cwd` with only `bin_dir` on PATH; its stdout."""
+    for tool in ("dirname",):  # what the launcher calls besides the shell's builtins
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = subprocess.run([str(ROOT / "stages" / "python"), "-c", "import os; print(os.environ['PYTHONPATH'])"],
+                          cwd=cwd, env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_stage_interpreter_is_the_venv_found_upwards(tmp_path):
+    """From a DVC experiment copy inside the project: the project's .venv, the copy's src first."""
+    venv_bin = tmp_path / "project" / ".venv" / "bin"
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpx"
+    venv_bin.mkdir(parents=True)
+    copy.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    (tmp_path / "bin").mkdir()
+    assert run_launcher(copy, tmp_path / "bin") == str(copy / "src")
+
+
+def test_stage_interpreter_without_a_venv_is_python3_on_path(tmp_path):
+    """No .venv: `python3` (many systems have no `python`)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(sys.executable)
+    assert run_launcher(tmp_path, tmp_path / "bin") == str(tmp_path / "src")
+
+def declared_outs(stage: dict) -> dict[str, list[dict]]:
+    """The stage's outs, metrics and plots as {kind: [{"path": ..., **flags}]}."""
+    def entry(item: str | dict) -> dict:
+        if isinstance(item, str):
+            return {"path": item}
+        [(path, flags)] = item.items()
+        return {"path": path, **(flags or {})}
+
+    return {kind: [entry(item) for item in stage.get(kind, [])] for kind in ("outs", "metrics", "plots")}
+
+
+@pytest.mark.parametrize("stage", [name for name in STAGES if name != "track"])
+def test_every_stage_but_track_can_be_restored_from_the_run_cache(stage):
+    """DVC saves a stage run to its run cache only if the stage is not always_changed, has
+    deps and outputs, no `persist` output and no plain out with `cache: false` (metrics and
+    plots may have it): then `dvc exp run` back to params already tried restores, not reruns."""
+    declared = declared_outs(PIPELINE[stage])
+    assert not PIPELINE[stage].get("always_changed") and PIPELINE[stage]["deps"] and any(declared.values())
+    assert not [out["path"] for entries in declared.values() for out in entries if out.get("persist")]
+    assert not [out["path"] for out in declared["outs"] if out.get("cache") is False]
+
+
+def test_track_runs_every_time():
+    assert PIPELINE["track"]["always_changed"] is True
 
 def write_code_deps(path: Path = ROOT / "dvc.yaml") -> None:
     """Rewrite every stage's code deps in dvc.yaml to its code closure, keeping its other deps

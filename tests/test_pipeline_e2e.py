@@ -1,23 +1,29 @@
 """The whole pipeline as a user runs it, in a fresh copy of this checkout.
 
-One copy of the working tree (tracked and untracked-but-not-ignored files, committed in
-a new git repository, no DVC cache, no MLflow store) with the `tau22-sub1` profile
-applied (`python -m mobileast profile tau22-sub1 --apply`) and tiny sizes and one epoch
-set on top, reading a tiny generated dataset in TAU22 layout (`data.source: tau22`) that
-has missing slices and one 48 kHz stereo file. Then, in order: `dvc repro` (all stages), `dvc repro` again
-(nothing but `track`, no new MLflow run), `dvc exp run -S dkd.alpha=5` (student_train
-and later only), then, with dkd.alpha back at 1, `dvc repro --dry` (student_train would
-be restored from DVC's run cache), checking DVC's and MLflow's views after each step.
+One copy of the files git tracks (as the next commit would hold them: an un-added file is
+missing, as in a fresh clone), committed in a new git repository, no DVC cache, no MLflow
+store, with the `tau22-sub1` profile applied (`python -m mobileast profile tau22-sub1
+--apply`) and tiny sizes and one epoch set on top, reading a tiny generated dataset in
+TAU22 layout (`data.source: tau22`) that has missing slices and one 48 kHz stereo file.
+Then, in order, checking DVC's and MLflow's views after each step:
+1. `dvc repro` (all stages), `dvc repro` again (nothing but `track`, no new MLflow run);
+2. the MLflow store moved away, `dvc repro`: only `track` runs and logs the summary run
+   the store lacks (the fresh-clone case: every output up to date, nothing to re-run);
+3. `dvc exp run -S dkd.alpha=5`: student_train and later only;
+4. `dvc exp run -S dkd.alpha=1`: every stage restored from DVC's run cache, none trained.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -45,14 +51,21 @@ ALL_STAGES = {"demo_data", "resample", "reassemble", "teacher_train", "teacher_l
 
 
 def copy_checkout(target: Path) -> None:
-    """The working tree as a fresh clone would have it after committing it."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    """The files git tracks, with their working-tree content and git's modes, as the next
+    commit would hold them: a tree written from a scratch copy of the index updated from
+    the working tree (the real index and HEAD are left alone), unpacked by `git archive`."""
+    scratch = target.parent / "index"
+    shutil.copy(git(REPO, "rev-parse", "--path-format=absolute", "--git-path", "index").strip(), scratch)
+    env = {**os.environ, "GIT_INDEX_FILE": str(scratch)}
+    git(REPO, "add", "--update", env=env)
+    tree = git(REPO, "write-tree", env=env).strip()
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", tree], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def tiny_tau22_dataset(root: Path) -> Path:
@@ -70,12 +83,24 @@ def tiny_tau22_dataset(root: Path) -> Path:
 
 def environment() -> dict[str, str]:
     """A fresh shell: the venv not activated (not on PATH), no tracking or DVC variables."""
-    drop = {"MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "RANK", "PYTHONPATH",
-            "VIRTUAL_ENV"}
+    drop = {"MLFLOW_TRACKING_URI", "MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "DVC_ROOT", "DVC_EXP_NAME",
+            "DVC_EXP_BASELINE_REV", "RANK", "PYTHONPATH", "VIRTUAL_ENV"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
     return env
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A summary run as the store holds it."""
+
+    experiment: str
+    alpha: str
+    status: str
+    run_id: str
+    metrics: frozenset[str]
+    models: frozenset[str]
 
 
 class Project:
@@ -95,12 +120,25 @@ class Project:
         """`.venv/bin/dvc ...` as the README says to run it without activating the venv."""
         return self.run(str(self.root / ".venv" / "bin" / "dvc"), *args)
 
-    def summary_runs(self) -> list:
+    def client(self):
         from mlflow import MlflowClient
 
-        client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("mobileast")
-        return client, client.search_runs([experiment.experiment_id], max_results=1000)
+        return MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+
+    def runs(self) -> list:
+        client = self.client()
+        return client.search_runs([client.get_experiment_by_name("mobileast").experiment_id], max_results=1000)
+
+    def summaries(self) -> list[Summary]:
+        """Every summary run in the store (a duplicate shows up twice), by experiment name."""
+        client = self.client()
+        return sorted((Summary(r.data.tags["dvc_experiment"], r.data.params["dkd.alpha"], r.info.status,
+                               r.info.run_id, frozenset(r.data.metrics),
+                               frozenset(a.path for a in client.list_artifacts(r.info.run_id, "model")))
+                       for r in self.runs() if r.data.tags.get("summary") == "true"), key=lambda s: s.experiment)
+
+    def md5(self, path: str) -> str:
+        return hashlib.md5((self.root / path).read_bytes()).hexdigest()
 
 
 def ran(output: str) -> set[str]:
@@ -108,11 +146,19 @@ def ran(output: str) -> set[str]:
 
 
 def restored(output: str) -> set[str]:
-    return set(re.findall(r"Stage '([^']+)' is cached - skipping run", output))
+    return set(re.findall(r"Stage '([^']+)' is cached - skipping run, checking out outputs", output))
+
+
+@dataclass(frozen=True)
+class Step:
+    """A command's output and the store's summary runs after it."""
+
+    output: str
+    summaries: list[Summary]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Project:
+def project(tmp_path_factory) -> Iterator[Project]:
     base = tmp_path_factory.mktemp("e2e")
     dataset = tiny_tau22_dataset(base / "tau22")
     root = base / "checkout"
@@ -124,84 +170,105 @@ def project(tmp_path_factory) -> Project:
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         project.run(*command)
-    return project
+    with pytest.MonkeyPatch.context() as patch:
+        # this process reads the store before and after it is moved away: a pooled sqlite
+        # connection would go on reading the moved file
+        patch.setenv("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+        yield project
 
 
 @pytest.fixture(scope="module")
-def baseline(project) -> tuple[str, str]:
-    return project.dvc("repro"), project.dvc("repro")
+def baseline(project) -> tuple[Step, Step, str]:
+    """`dvc repro` twice; the float student's md5."""
+    first = Step(project.dvc("repro"), project.summaries())
+    second = Step(project.dvc("repro"), project.summaries())
+    return first, second, project.md5("models/student.pt")
 
 
 @pytest.fixture(scope="module")
-def experiment(project, baseline) -> str:
-    return project.dvc("exp", "run", "-n", "alpha5", "-S", "dkd.alpha=5")
+def fresh_store(project, baseline) -> Step:
+    """`dvc repro` with the MLflow store moved away: every output is up to date."""
+    away = project.root.parent / "old-store"
+    away.mkdir()
+    for path in [*project.root.glob("mlflow.db*"), project.root / "mlartifacts"]:
+        path.rename(away / path.name)
+    return Step(project.dvc("repro"), project.summaries())
 
 
 @pytest.fixture(scope="module")
-def back_to_alpha1(project, experiment) -> str:
-    """`dvc repro --dry` with the baseline's dkd.alpha back in params.yaml: what DVC would do
-    (a real `dvc exp run -S dkd.alpha=1` restores the same stages; the closing note of the
-    change that made the run cache work shows one)."""
-    params = project.root / "params.yaml"
-    text = params.read_text()
-    assert re.search(r"(?m)^  alpha: 5\b", text)
-    params.write_text(re.sub(r"(?m)^  alpha: 5\b", "  alpha: 1", text))
-    return project.dvc("repro", "--dry")
+def experiment(project, fresh_store) -> Step:
+    return Step(project.dvc("exp", "run", "-n", "alpha5", "-S", "dkd.alpha=5"), project.summaries())
+
+
+@pytest.fixture(scope="module")
+def back_to_alpha1(project, experiment) -> Step:
+    """`dvc exp run -S dkd.alpha=1` after the alpha 5 experiment: the baseline's params again."""
+    return Step(project.dvc("exp", "run", "-n", "alpha1", "-S", "dkd.alpha=1"), project.summaries())
+
+
+SUMMARY_METRICS = {"student_float.accuracy", "student_int8.accuracy", "student_int8.per_device_accuracy.a",
+                   "student_int8.per_device_accuracy.s4", "complexity.macs_dcase", "quantize.top1_agreement",
+                   "student_int8_onnx.accuracy", "onnx.top1_agreement"}
+MODELS = {"model/student.pt", "model/student_int8.pt", "model/student_int8.onnx"}
+
+
+def assert_complete(summary: Summary) -> None:
+    assert summary.status == "FINISHED" and SUMMARY_METRICS <= summary.metrics and summary.models == MODELS
 
 
 def test_repro_runs_every_stage_and_a_second_repro_only_track(project, baseline):
-    first, second = baseline
-    assert ran(first) == ALL_STAGES
-    assert ran(second) == {"track"} and "already in the store" in second
+    first, second, _ = baseline
+    assert ran(first.output) == ALL_STAGES
+    assert ran(second.output) == {"track"} and "already in the store" in second.output
+    [summary] = first.summaries
+    assert (summary.experiment, summary.alpha) == ("workspace", "1") and second.summaries == first.summaries
+    assert_complete(summary)
     report = json.loads((project.root / "data/resampled/report.json").read_text())
     assert report["downmixed"]["count"] == 1 and report["other_rates"]["rates"] == {"48000": 1}
     assert json.loads((project.root / "data/recordings/report.json").read_text())["incomplete"]
     assert sorted(p.name for p in (project.root / "data/recordings").iterdir()) == ["recordings.csv", "report.json"]
     params = yaml.safe_load((project.root / "params.yaml").read_text())
     assert params["student"]["preset"] == "sub1" and params["dkd"]["beta"] == 10 and params["train"]["epochs"] == 1
-    _, runs = project.summary_runs()
-    assert [r.data.params["dkd.alpha"] for r in runs if r.data.tags.get("summary") == "true"] == ["1"]
+
+
+def test_repro_logs_the_summary_a_store_lacks_without_rerunning_anything(fresh_store):
+    """The bug this test was written for: outputs up to date, so no stage but track runs."""
+    assert ran(fresh_store.output) == {"track"} and "logged" in fresh_store.output
+    [summary] = fresh_store.summaries
+    assert (summary.experiment, summary.alpha) == ("workspace", "1")
+    assert_complete(summary)
 
 
 def test_experiment_reruns_student_train_and_later_only(experiment):
-    assert ran(experiment) == {"student_train", "quantize", "export", "complexity", "evaluate", "track"}
-
-
-def exp_show_rows(project: Project) -> dict[str, dict]:
-    """`dvc exp show --json` as {name (or rev): data}: the workspace, the baseline, its experiments."""
-    rows = {}
-    for row in json.loads(project.dvc("exp", "show", "--json")):
-        rows[row.get("name") or row["rev"]] = row["data"]
-        for experiment in row.get("experiments") or []:
-            for rev in experiment["revs"]:
-                rows[rev.get("name") or rev["rev"]] = rev["data"]
-    return rows
+    assert ran(experiment.output) == {"student_train", "quantize", "export", "complexity", "evaluate", "track"}
+    assert not restored(experiment.output)
 
 
 def test_dvc_exp_show_lists_baseline_and_experiment(project, experiment):
-    rows = exp_show_rows(project)
-    assert {"workspace", "alpha5"} <= set(rows)
-    assert rows["alpha5"]["params"]["params.yaml"]["data"]["dkd"]["alpha"] == 5
-    metrics = rows["alpha5"]["metrics"]["reports/metrics.json"]["data"]
+    rows = json.loads(project.dvc("exp", "show", "--json"))
+    [baseline] = [row for row in rows if row["rev"] != "workspace"]
+    experiments = {rev["name"]: rev["data"] for exp in baseline["experiments"] or [] for rev in exp["revs"]}
+    assert set(experiments) == {"alpha5"}
+
+    def alpha(data: dict) -> int:
+        return data["params"]["params.yaml"]["data"]["dkd"]["alpha"]
+
+    assert alpha(baseline["data"]) == 1 and alpha(experiments["alpha5"]) == 5
+    metrics = experiments["alpha5"]["metrics"]["reports/metrics.json"]["data"]
     assert set(metrics["student_int8"]["per_device_accuracy"]) == {"a", "s4"}  # the tiny evaluate fold's
-    assert rows["alpha5"]["metrics"]["reports/complexity.json"]["data"]["param_memory_pass"] is True
+    assert experiments["alpha5"]["metrics"]["reports/complexity.json"]["data"]["param_memory_pass"] is True
 
 
 def test_mlflow_has_one_summary_run_per_experiment_with_models_and_nested_stages(project, experiment):
-    client, runs = project.summary_runs()
-    summaries = {r.data.tags["dvc_experiment"]: r for r in runs if r.data.tags.get("summary") == "true"}
-    assert set(summaries) == {"workspace", "alpha5"}
-    assert {name: r.data.params["dkd.alpha"] for name, r in summaries.items()} == {"workspace": "1", "alpha5": "5"}
-    for run in summaries.values():
-        assert {"student_float.accuracy", "student_int8.per_device_accuracy.s4", "complexity.macs_dcase",
-                "quantize.top1_agreement", "student_int8_onnx.accuracy", "onnx.top1_agreement"} <= set(run.data.metrics)
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
-            "model/student.pt", "model/student_int8.pt", "model/student_int8.onnx"}
-    stages = [r for r in runs if r.data.tags.get("summary") != "true"]
-    assert {r.data.tags["stage"] for r in stages if r.data.tags["dvc_experiment"] == "alpha5"} == {
-        "student_train", "quantize", "evaluate"}  # the stages that log a run (export and complexity do not)
+    assert [(s.experiment, s.alpha) for s in experiment.summaries] == [("alpha5", "5"), ("workspace", "1")]
+    for summary in experiment.summaries:
+        assert_complete(summary)
+    parents = {s.experiment: s.run_id for s in experiment.summaries}
+    stages = [r for r in project.runs() if r.data.tags.get("summary") != "true"]
+    assert sorted(r.data.tags["stage"] for r in stages if r.data.tags["dvc_experiment"] == "alpha5") == [
+        "evaluate", "quantize", "student_train"]  # the stages that log a run (export and complexity do not)
     for run in stages:
-        assert run.data.tags["mlflow.parentRunId"] == summaries[run.data.tags["dvc_experiment"]].info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == parents[run.data.tags["dvc_experiment"]]
 
 
 def test_dvc_plots_show_renders(project, experiment):
@@ -209,5 +276,10 @@ def test_dvc_plots_show_renders(project, experiment):
     assert "could not find" not in output and (project.root / "dvc_plots/index.html").is_file()
 
 
-def test_run_cache_restores_a_params_set_already_trained(project, back_to_alpha1):
-    assert "student_train" in restored(back_to_alpha1)
+def test_run_cache_restores_a_params_set_already_trained(project, baseline, back_to_alpha1):
+    """Back to dkd.alpha 1: nothing trains, the float student is the baseline's, byte for byte."""
+    assert restored(back_to_alpha1.output) == {"student_train", "quantize", "export", "complexity", "evaluate"}
+    assert ran(back_to_alpha1.output) == {"track"}
+    assert project.md5("models/student.pt") == baseline[2]
+    assert [(s.experiment, s.alpha) for s in back_to_alpha1.summaries] == [
+        ("alpha1", "1"), ("alpha5", "5"), ("workspace", "1")]

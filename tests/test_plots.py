@@ -49,23 +49,59 @@ def stores(tmp_path_factory):
     return make_stores(tmp_path_factory.mktemp("stores"))
 
 
-@pytest.mark.parametrize("method", ["dkd", "kd", "none"])
-def test_dvc_plots_show_renders_every_method(stores, tmp_path, method):
-    history = student_history(stores, tmp_path, method)
+def write_histories(stores, project: Path, method: str) -> None:
+    """The student's and the teacher's history CSV (and PNG) of `method` in project/reports."""
+    history = student_history(stores, project, method)
     plot_history(history, history.with_suffix(".png"), "student")
-    teacher = tmp_path / "reports" / "teacher_history.csv"
+    teacher = project / "reports" / "teacher_history.csv"
     shutil.copy(history, teacher)
     pd.read_csv(teacher).drop(columns=["train_kd"]).to_csv(teacher, index=False)  # as the teacher writes it
+
+
+def dvc_project(project: Path, scm: bool) -> None:
+    """A DVC project in `project` with the history plots of this repository's dvc.yaml."""
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+    (project / "dvc.yaml").write_text(yaml.safe_dump(
         {"plots": [p for p in pipeline["plots"] if "history" in next(iter(p))]}))
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=tmp_path,
+    if scm:
+        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", *([] if scm else ["--no-scm"])], cwd=project,
+                   check=True)
+
+
+def dvc_plots(project: Path, *args: str) -> dict:
+    """`dvc plots <args> --json`: the rendered data by plot file; fails on any error or missing file."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "plots", *args, "--json"], cwd=project,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "could not find" not in proc.stderr + proc.stdout, proc.stderr
-    rendered = json.loads(proc.stdout)["data"]
-    for name, expected in (("student", {"train_loss", "train_ce", "train_kd", "val_loss", "val_accuracy"}),
-                           ("teacher", {"train_loss", "val_loss", "val_accuracy"})):
+    return json.loads(proc.stdout)["data"]
+
+
+HISTORY_CURVES = (("student", {"train_loss", "train_ce", "train_kd", "val_loss", "val_accuracy"}),
+                  ("teacher", {"train_loss", "val_loss", "val_accuracy"}))
+
+
+@pytest.mark.parametrize("method", ["dkd", "kd", "none"])
+def test_dvc_plots_show_renders_every_method(stores, tmp_path, method):
+    write_histories(stores, tmp_path, method)
+    dvc_project(tmp_path, scm=False)
+    rendered = dvc_plots(tmp_path, "show")
+    for name, expected in HISTORY_CURVES:
         values = rendered[f"reports/{name}_history.csv"][0]["content"]["data"]["values"]
         assert {row["field"] for row in values} == expected  # every curve the definition names, 2 epochs each
         assert len(values) == 2 * len(expected)
+
+
+def test_dvc_plots_diff_compares_a_ce_only_run_with_a_distilled_one(stores, tmp_path):
+    """`dvc plots diff` (workspace against HEAD) across methods: both revisions, every curve."""
+    write_histories(stores, tmp_path, "dkd")
+    dvc_project(tmp_path, scm=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "dkd"], cwd=tmp_path, check=True)
+    write_histories(stores, tmp_path, "none")
+    rendered = dvc_plots(tmp_path, "diff")
+    for name, expected in HISTORY_CURVES:
+        values = rendered[f"reports/{name}_history.csv"][0]["content"]["data"]["values"]
+        assert {(row["rev"], row["field"]) for row in values} == {
+            (rev, field) for rev in ("HEAD", "workspace") for field in expected}

@@ -218,3 +218,33 @@ def test_sync_summary_registers_the_model(store, tmp_path):
     assert version.tags == {"student_int8.accuracy": "0.5"}
     model = mlflow.pytorch.load_model("models:/student-int8/1")
     assert model(torch.zeros(3, 1, 8, 80)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("registry unavailable"), KeyboardInterrupt()])
+def test_a_summary_run_that_failed_midway_is_replaced_by_the_next_sync(store, tmp_path, monkeypatch, failure):
+    """A sync that dies after the run was created (registry error, Ctrl-C) leaves no summary that
+    counts: the next sync of the same state logs a complete one and deletes the broken one."""
+    from mlflow import MlflowClient
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking, "_log_torchscript", fail)
+        with pytest.raises(type(failure)):
+            tracking.sync_summary(tiny_summary(tmp_path, 1), "key1", register_as="student-int8")
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    [broken] = client.search_runs([experiment_id])
+    assert broken.info.status in ("FAILED", "KILLED") and broken.data.tags[tracking.STATE_TAG] == "key1"
+    assert tracking.find_summary(client, experiment_id, tracking.WORKSPACE, "key1") is None
+
+    result = tracking.sync_summary(tiny_summary(tmp_path, 1), "key1", register_as="student-int8")
+    assert result.created and result.run_id != broken.info.run_id and result.model_version == "1"
+    [summary] = client.search_runs([experiment_id])  # the broken run is deleted
+    assert summary.info.run_id == result.run_id and summary.info.status == "FINISHED"
+    assert summary.data.metrics == {"student_int8.accuracy": 0.5}
+    assert [a.path for a in client.list_artifacts(result.run_id, "model")] == ["model/int8-1.pt"]
+    assert client.get_model_version("student-int8", "1").run_id == result.run_id
+    assert client.get_run(broken.info.run_id).info.lifecycle_stage == "deleted"
+    assert not tracking.sync_summary(tiny_summary(tmp_path, 1), "key1").created

@@ -19,7 +19,8 @@ from torch import nn
 from mobileast.config import SCENES, load_params
 from mobileast.data.crops import ClipSource, RecordingCrops
 from mobileast.features import LogMel
-from mobileast.train import Outputs, Schedule, TrainSettings, classification_validator, fit, runtime
+from mobileast.train import (Outputs, Schedule, TrainSettings, classification_validator, file_identity, fit,
+                             runtime)
 from test_crops import make_clip_store, make_recordings_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume
         validate = classification_validator(ClipSource(clips, "evaluate"), frontend, 8, rt.device)
         result = fit(model, ce_step(frontend, fail_at_epoch), data, settings,
                      Outputs(out / "model.pt", out / "last.pt", out / "best.pt", out / "history.csv"), META, rt,
-                     validate_fn=validate, resume_key=resume_key)
+                     validate_fn=validate, resume_key=resume_key, inputs=stores)
     return result, model.state_dict()
 
 
@@ -179,6 +180,32 @@ def test_checkpoint_of_other_settings_is_not_resumed(stores, tmp_path):
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     fresh, _ = train(stores, tmp_path / "fresh", train_settings(epochs=3), resume_key={"dkd": 2})
     assert result.history == fresh.history
+
+
+
+def test_checkpoint_made_before_the_input_data_changed_is_not_resumed(stores, tmp_path):
+    """An upstream stage re-ran after the interruption: the run starts afresh on the new data."""
+    copies = [Path(shutil.copytree(store, tmp_path / store.name)) for store in stores]
+    with pytest.raises(KeyboardInterrupt):
+        train(copies, tmp_path / "out", train_settings(epochs=3), fail_at_epoch=1)
+    train_audio = copies[0] / "train.npy"
+    np.save(train_audio, 0.5 * np.load(train_audio))
+    result, _ = train(copies, tmp_path / "out", train_settings(epochs=3))
+    fresh, _ = train(copies, tmp_path / "fresh", train_settings(epochs=3))
+    assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.history == fresh.history
+
+
+def test_file_identity_sees_a_rewritten_or_added_file(tmp_path):
+    store, table = tmp_path / "store", tmp_path / "table.csv"
+    (store / "sub").mkdir(parents=True)
+    (store / "sub" / "a.npy").write_bytes(b"1234")
+    table.write_text("x")
+    before = file_identity([store, table])
+    assert file_identity([store, table]) == before and set(before) == {str(store / "sub" / "a.npy"), str(table)}
+    os.utime(store / "sub" / "a.npy", ns=(1, 1))  # rewritten (same size)
+    assert file_identity([store, table]) != before
+    (store / "b.npy").write_bytes(b"")
+    assert set(file_identity([store])) == {str(store / "sub" / "a.npy"), str(store / "b.npy")}
 
 
 DISTRIBUTED_SCRIPT = """

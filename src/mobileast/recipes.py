@@ -93,9 +93,10 @@ def _rate_key(meta: Mapping[str, Any]) -> str:
 
 def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[str, Any],
            params: Mapping[str, Any], augment: Mapping[str, Any], loss_fn: DistillLoss,
-           resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime,
+           resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime, inputs: Sequence[Path],
            teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> None:
-    """Run the engine on the train crops `data`, validating on the evaluate clips."""
+    """Run the engine on the train crops `data`, validating on the evaluate clips; `inputs`:
+    the stage's data directories (a resume checkpoint made before they changed is not resumed)."""
     seed = params["seed"]
     settings = TrainSettings.from_params(section, seed)
     precision = resolve_precision(settings.precision, rt.device)
@@ -107,7 +108,7 @@ def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[
     validate = classification_validator(evaluate_clips(resampled, sample_rate, _rate_key(meta)), frontend,
                                         int(section["batch_size"]), rt, precision)
     with tracking.start_run(stage, params):
-        fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params)
+        fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params, inputs=inputs)
 
 
 def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, outputs: Outputs) -> None:
@@ -123,7 +124,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
                            _rate_key(meta), int(section["crops_per_recording"]), params["seed"])
         _train("teacher_train", model, meta, section, params, augment, DistillLoss(method="none"),
-               resampled, data, outputs, rt, drop_logs=("kd",))
+               resampled, data, outputs, rt, (recordings, resampled), drop_logs=("kd",))
 
 
 def load_logits(logits_dir: Path, crops: RecordingCrops) -> torch.Tensor:
@@ -152,7 +153,7 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
                 "input": "logmel"}
         _train("student_train", model, meta, section, params, params["augment"], loss_fn,
-               resampled, data, outputs, rt, teacher_logits)
+               resampled, data, outputs, rt, (recordings, resampled, logits_dir), teacher_logits)
 
 
 def load_teachers(checkpoints: Sequence[Path], device: torch.device) -> list[tuple[nn.Module, nn.Module]]:

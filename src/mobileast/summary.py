@@ -24,7 +24,6 @@ import yaml
 
 from mobileast import tracking
 from mobileast.config import flatten
-from mobileast.deploy import load_deployed
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,14 @@ def _numbers(flat: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and v is not None}
 
 
+def _deployed_meta(path: Path) -> dict[str, Any]:
+    """The deployed model's meta, for the registry only: loading the model costs torch's import
+    (seconds on every `dvc repro`)."""
+    from mobileast.deploy import load_deployed
+
+    return load_deployed(path)[1]
+
+
 def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = PipelineFiles()) -> tracking.ExperimentSummary:
     """The summary of the pipeline's current outputs; a missing output is an error naming it."""
     missing = [str(p) for p in (files.int8_model, files.onnx_model, files.float_model, files.metrics,
@@ -65,7 +72,7 @@ def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = Pipelin
     export = json.loads(files.export.read_text())
     metrics |= _numbers(flatten({"onnx": {"param_memory_bytes": export["param_memory_bytes"],
                                           **export["evaluate_agreement_with_torch_int8"]}}))
-    _, meta = load_deployed(files.int8_model)
+    meta = _deployed_meta(files.int8_model) if params["tracking"]["register_model"] else {}
     artifacts = [(files.int8_model, "model"), (files.onnx_model, "model"), (files.float_model, "model"),
                  (files.export, "reports"), *((p, "reports") for p in files.reports)]
     return tracking.ExperimentSummary(params, metrics, artifacts, model=files.int8_model,

@@ -16,7 +16,9 @@ Two kinds of runs:
   lacks it, so it exists whether the stages ran, were skipped, or were restored from
   DVC's run cache, and a second `dvc repro` of the same state adds nothing. The stage
   runs of the experiment not yet grouped are nested under it (tag mlflow.parentRunId),
-  so the UI shows one row per experiment with its stages under it.
+  so the UI shows one row per experiment with its stages under it. Only a FINISHED summary
+  run counts: one that failed or was interrupted while logging is deleted and logged again
+  by the next sync.
 
 Concurrent writers (`dvc queue start -j N`) share the sqlite file: every store call
 retries while sqlite reports "database is locked" (`retry_locked`).
@@ -250,13 +252,22 @@ class SyncResult:
     model_version: str | None = None  # registry version, when registered
 
 
-def find_summary(client: Any, experiment_id: str, name: str, key: str) -> Any | None:
-    """The summary run of (experiment name, state key), if the store has one."""
-    runs = retry_locked(client.search_runs, [experiment_id],
+def summary_runs(client: Any, experiment_id: str, name: str, key: str) -> list:
+    """The summary runs of (experiment name, state key) in the store, complete or not."""
+    return retry_locked(client.search_runs, [experiment_id],
                         filter_string=f"tags.{STATE_TAG} = '{key}' and tags.dvc_experiment = '{name}' "
                                       f"and tags.stage = '{SUMMARY_STAGE}'",
-                        max_results=1)
-    return runs[0] if runs else None
+                        max_results=1000)
+
+
+def find_summary(client: Any, experiment_id: str, name: str, key: str) -> Any | None:
+    """The complete (FINISHED) summary run of (experiment name, state key), if the store has one.
+
+    A summary run that failed or was interrupted while logging (registry error, Ctrl-C,
+    a killed process) is not one: it may lack metrics, artifacts or the model.
+    """
+    return next((run for run in summary_runs(client, experiment_id, name, key)
+                 if run.info.status == "FINISHED"), None)
 
 
 def adopt_stage_runs(client: Any, experiment_id: str, name: str, parent_id: str) -> int:
@@ -277,7 +288,8 @@ def adopt_stage_runs(client: Any, experiment_id: str, name: str, parent_id: str)
 
 def sync_summary(summary: ExperimentSummary, key: str, register_as: str | None = None,
                  mlflow_experiment: str = EXPERIMENT) -> SyncResult:
-    """Log the summary run of the current DVC experiment state `key` unless the store has it.
+    """Log the summary run of the current DVC experiment state `key` unless the store has a
+    complete one; incomplete ones of this state (an earlier sync failed) are deleted first.
 
     register_as: also log the model as an MLflow model and register it in the model
     registry under this name (a new version, tagged with the run's headline metrics).
@@ -294,6 +306,8 @@ def sync_summary(summary: ExperimentSummary, key: str, register_as: str | None =
         if existing is not None:
             return SyncResult(existing.info.run_id, False,
                               adopt_stage_runs(client, experiment_id, name, existing.info.run_id))
+        for leftover in summary_runs(client, experiment_id, name, key):  # failed or interrupted: replaced
+            retry_locked(client.delete_run, leftover.info.run_id)
         return _create_summary(mlflow, client, experiment_id, mlflow_experiment, name, summary, key, register_as)
 
 

@@ -19,7 +19,8 @@ and checkpoints the classifier only.
   checkpoints therefore need no RNG state.
 - Learning rate: set before every optimiser step from `Schedule.lr` at the fractional
   epoch (epoch + step / steps_per_epoch), a pure function, so it needs no saved state.
-- Checkpoints: `resume` after every epoch (atomically; outside DVC's outputs), `best`
+- Checkpoints: `resume` after every epoch (atomically; outside DVC's outputs; resumed only
+  by a run of the same settings, params and input files), `best`
   when the selected validation metric improves, `model` once at the end, the per-epoch
   history as CSV (for DVC plots), and the history rows as MLflow metrics of the active
   run (see mobileast.tracking).
@@ -353,13 +354,15 @@ class Prefetcher:
 def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSettings,
         outputs: Outputs, meta: Mapping[str, Any], rt: Runtime, *,
         validate_fn: ValidateFn | None = None, select: str = "val_accuracy", mode: str = "max",
-        resume_key: Mapping[str, Any] | None = None) -> FitResult:
+        resume_key: Mapping[str, Any] | None = None, inputs: Sequence[Path] = ()) -> FitResult:
     """Train `model` for settings.epochs epochs, resuming from `outputs.resume` if it holds
-    a run of the same settings, meta and resume_key, and write `outputs.model` at the end.
+    a run of the same settings, meta, resume_key and inputs, and write `outputs.model` at the end.
 
     meta: the checkpoint's model description (arch, config, features, classes).
     resume_key: anything else the run depends on (e.g. the stage's params); a
-    checkpoint made with another value is not resumed. validate_fn gets the plain
+    checkpoint made with another value is not resumed. inputs: the data files or
+    directories the run reads (`file_identity`); a checkpoint made before one of them
+    changed (an upstream stage ran again) is not resumed. validate_fn gets the plain
     classifier in eval mode under no_grad, every settings.validate_every epochs and after
     the last; its keys are logged as `val_<key>` (absent from the rows of the other
     epochs, empty cells in the CSV), and the best checkpoint is chosen among the
@@ -379,7 +382,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     optimizer = settings.make_optimizer(model)
     precision = resolve_precision(settings.precision, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
-    fingerprint = _fingerprint(settings, meta, resume_key)
+    fingerprint = _fingerprint(settings, meta, {"key": resume_key, "inputs": file_identity(inputs)})
     state = _resume(outputs, fingerprint, settings.epochs, model, optimizer, scaler, rt)
     net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.world_size > 1 else model
@@ -482,9 +485,20 @@ class _State:
             self.best = {"epoch": row["epoch"], select: row[select]}
 
 
-def _fingerprint(settings: TrainSettings, meta: Mapping[str, Any], resume_key: Mapping[str, Any] | None) -> str:
-    text = json.dumps({"settings": asdict(settings), "meta": meta, "key": resume_key}, sort_keys=True, default=str)
+def _fingerprint(settings: TrainSettings, meta: Mapping[str, Any], key: Mapping[str, Any]) -> str:
+    text = json.dumps({"settings": asdict(settings), "meta": meta, "key": key}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_identity(paths: Sequence[Path]) -> dict[str, tuple[int, int]]:
+    """(size, modification time in ns) of every file in `paths` (files or directories, recursively).
+
+    A cheap identity of a run's input data, a few large files per store (hashing them would
+    take minutes on TAU22). Rewriting a file with the same bytes counts as a change: the
+    resumable run then starts afresh, which costs time, never correctness.
+    """
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    return {str(f): (stat.st_size, stat.st_mtime_ns) for f in files for stat in [f.stat()]}
 
 
 def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
