@@ -22,11 +22,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mobileast import tracking
 from mobileast.augment import Augmenter
-from mobileast.config import SCENES, ParamsError, atomic_output
+from mobileast.config import SCENES, ParamsError, atomic_output, progress
 from mobileast.data.crops import Batch, RecordingCrops, evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
@@ -169,8 +168,7 @@ def ensemble_logits(teachers: Sequence[tuple[nn.Module, nn.Module]], batches_fn,
     """Mean logits of the teachers over the batches that `batches_fn()` yields, float32."""
     total = 0
     for i, (model, frontend) in enumerate(teachers, 1):
-        batches = tqdm(batches_fn(), total=n_batches, desc=f"{desc} (teacher {i}/{len(teachers)})", unit="batch",
-                       disable=None, mininterval=1)
+        batches = progress(batches_fn(), total=n_batches, desc=f"{desc} (teacher {i}/{len(teachers)})", unit="batch")
         total = total + predict(model, frontend, batches, device, precision)
     return (total / len(teachers)).numpy().astype(np.float32)
 

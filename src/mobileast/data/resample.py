@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from mobileast.config import progress
 from mobileast.data import tau22
 from mobileast.data.audio import load_mono, to_int16
 from mobileast.data.parallel import Runner, runner
@@ -85,7 +85,7 @@ def resample_folds(dataset: tau22.Dataset, out_dir: Path, sample_rate: int, run:
         tasks += [(str(dataset.root), names[rows[start:stop]].tolist(), sample_rate, store, data_offset,
                    slots[rows[start:stop]]) for start, stop in run.chunks(len(rows))]
     problems: dict[int, str] = {}
-    with tqdm(total=len(clips), desc="resample", unit="file", disable=None, mininterval=1) as bar:
+    with progress(total=len(clips), desc="resample", unit="file") as bar:
         for store, done, failed in run.imap(_resample_task, tasks):
             problems.update({row_of[store][int(done[row])]: reason for row, reason in failed})
             bar.update(len(done))

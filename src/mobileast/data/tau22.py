@@ -22,9 +22,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 import soundfile as sf
-from tqdm import tqdm
 
-from mobileast.config import SCENES, InputError
+from mobileast.config import SCENES, InputError, progress
 from mobileast.data.parallel import Runner
 from mobileast.data.store import FOLDS
 
@@ -208,7 +207,7 @@ def probe_audio(root: Path, filenames: Sequence[str], run: Runner) -> pd.DataFra
     """Audio headers of `filenames` (samplerate, channels, frames, problem), in parallel."""
     tasks = [(str(root), start, list(filenames[start:stop])) for start, stop in run.chunks(len(filenames))]
     rows: list[Any] = [None] * len(filenames)
-    with tqdm(total=len(filenames), desc="check audio headers", unit="file", disable=None, mininterval=1) as bar:
+    with progress(total=len(filenames), desc="check audio headers", unit="file") as bar:
         for start, infos in run.imap(_probe_task, tasks):
             rows[start:start + len(infos)] = infos
             bar.update(len(infos))
