@@ -48,10 +48,11 @@ def _resample_task(task: tuple[str, list[str], int, str, int, np.ndarray]) -> tu
     block = np.zeros((len(names), clip_samples(sample_rate)), np.int16)
     problems = []
     for row, name in enumerate(names):
+        path = os.path.join(root, name)
         try:
-            audio = load_mono(os.path.join(root, name), sample_rate)
+            audio = load_mono(path, sample_rate)
         except (RuntimeError, ValueError) as error:  # libsndfile/soxr: content unreadable after all
-            problems.append((row, f"unreadable: {error}"))
+            problems.append((row, tau22.unreadable(error, path, name)))
             continue
         audio = audio[:block.shape[1]]
         to_int16(audio, out=block[row, :len(audio)])

@@ -182,13 +182,21 @@ def read_clips(root: Path) -> pd.DataFrame:
     return clips[CLIP_COLUMNS].reset_index(drop=True)
 
 
-def _probe_file(path: str) -> tuple[int, int, int, str]:
+def unreadable(error: Exception, path: str, name: str) -> str:
+    """Why the file at `path` could not be read, naming it by `name` (relative to the dataset
+    root): libsndfile's message quotes the absolute path, which must not reach the reports
+    (moving the dataset would change the store and re-run every later stage)."""
+    return f"unreadable: {str(error).replace(path, name)}"
+
+
+def _probe_file(root: str, name: str) -> tuple[int, int, int, str]:
     """(samplerate, channels, frames, problem) of one audio file; problem is '' if usable."""
+    path = os.path.join(root, name)
     try:
         with sf.SoundFile(path) as info:  # reads the header only; a quarter cheaper than sf.info
             rate, channels, frames, subtype = info.samplerate, info.channels, info.frames, info.subtype
     except RuntimeError as error:  # libsndfile: missing, truncated or not audio
-        return 0, 0, 0, "file not found" if not os.path.exists(path) else f"unreadable: {error}"
+        return 0, 0, 0, "file not found" if not os.path.exists(path) else unreadable(error, path, name)
     if subtype not in AUDIO_SUBTYPES:
         problem = f"unsupported sample format {subtype} (expected PCM WAV, e.g. 16- or 24-bit)"
     elif abs(frames / rate - CLIP_SECONDS) > DURATION_TOLERANCE:
@@ -200,7 +208,7 @@ def _probe_file(path: str) -> tuple[int, int, int, str]:
 
 def _probe_task(task: tuple[str, int, list[str]]) -> tuple[int, list[tuple[int, int, int, str]]]:
     root, start, names = task
-    return start, [_probe_file(os.path.join(root, name)) for name in names]
+    return start, [_probe_file(root, name) for name in names]
 
 
 def probe_audio(root: Path, filenames: Sequence[str], run: Runner) -> pd.DataFrame:
