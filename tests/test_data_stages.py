@@ -67,7 +67,8 @@ def test_tau22_source_with_a_bad_file_fails_cleanly(project, tiny_dataset):
 def test_demo_source_requires_the_demo_root(project):
     set_data_params(project, root="elsewhere")
     result = run_stage(project, "resample")
-    assert result.returncode != 0 and "data.root must be data/demo" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "resample: data.source is demo, so data.root must be data/demo" in result.stderr
 
 
 def test_moving_the_dataset_or_changing_workers_leaves_the_store_unchanged(project, tiny_dataset, tmp_path):

@@ -43,6 +43,16 @@ class ParamsError(InputError):
     the key, its section and the keys the section knows."""
 
 
+@contextmanager
+def params_errors(section: str) -> Iterator[None]:
+    """Re-raise a ValueError (a ParamsError too) or TypeError of building something from
+    params `section` as a ParamsError naming it, so the stage ends with the message."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise ParamsError(f"params.yaml, {section}: {error}") from None
+
+
 class YAML12Loader(yaml.SafeLoader):
     """PyYAML's safe loader reading floats as YAML 1.2 does (as DVC and ruamel write them):
     `1e-05` is a float, where YAML 1.1 requires a dot (`1.0e-05`) and gives a string."""

@@ -161,7 +161,7 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
         batches = progress(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
                            unit="batch")
         logits = predict(model.to(device), frontend_for(meta).to(device), batches, device,
-                         resolve_precision(precision, device))
+                         resolve_precision(precision, device, "evaluate.precision"))
         results[name] = metrics(logits.numpy())
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))
