@@ -51,7 +51,8 @@ def test_a_typo_stops_the_stage_naming_key_section_and_known_keys(tmp_path, monk
     with pytest.raises(SystemExit) as stopped:
         run(importlib.import_module(f"stages.{stage}").main)
     known = ", ".join(sorted(section_of(SCHEMA, section)))
-    assert str(stopped.value) == f"{stage}: params.yaml: unknown key '{typo}' in section '{section}' (known keys: {known})"
+    assert str(stopped.value) == \
+        f"{stage}: params.yaml: unknown key '{typo}' in section '{section}' (known keys: {known})"
 
 
 @pytest.mark.parametrize("hop_s", [0.3, 0.00001, 0, 1.5])

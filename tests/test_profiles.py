@@ -126,8 +126,8 @@ def test_a_profile_must_set_what_it_defines(tmp_path):
     (tmp_path / "child.yaml").write_text("extends: _base\noverrides:\n  dkd.beta: 10\n")
     with pytest.raises(InputError, match=r"defines dkd but leaves dkd\.T, dkd\.warmup_epochs, dkd\.ce_weight "):
         profiles.load_profile("child", tmp_path)
-    (tmp_path / "train.yaml").write_text("defines: [train.schedule, distill]\noverrides:\n  distill.method: kd\n"
-                                         + "".join(f"  train.schedule.{key}: 1\n" for key in SCHEMA["train"]["schedule"]))
+    schedule = "".join(f"  train.schedule.{key}: 1\n" for key in SCHEMA["train"]["schedule"])
+    (tmp_path / "train.yaml").write_text(f"defines: [train.schedule, distill]\noverrides:\n  distill.method: kd\n{schedule}")
     assert profiles.load_profile("train", tmp_path).defines == ("train.schedule", "distill")
     with pytest.raises(InputError, match="a base that profiles extend"):
         profiles.load_profile("_base", tmp_path)

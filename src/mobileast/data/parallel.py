@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from mobileast.config import ParamsError
 
+MAX_CHUNK = 128  # items of one task at most
 _shared: Any = None  # what runner(shared=...) gave the workers
 
 
@@ -37,7 +38,7 @@ class Runner:
     workers: int
     imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 
-    def chunks(self, n_items: int, max_chunk: int = 128) -> list[tuple[int, int]]:
+    def chunks(self, n_items: int, max_chunk: int = MAX_CHUNK) -> list[tuple[int, int]]:
         """[start, stop) ranges splitting n_items into about 16 chunks per worker.
 
         A task per chunk amortises the pool's per-task cost (pickling, queueing) over

@@ -123,7 +123,8 @@ def _parse_names(filenames: pd.Series) -> pd.DataFrame:
 def _differ(a: pd.Series, b: pd.Series) -> np.ndarray:
     """Rows where two categorical columns hold different values (compared by code: no string per row)."""
     categories = a.cat.categories.union(b.cat.categories)
-    return a.cat.set_categories(categories).cat.codes.to_numpy() != b.cat.set_categories(categories).cat.codes.to_numpy()
+    codes = [values.cat.set_categories(categories).cat.codes.to_numpy() for values in (a, b)]
+    return codes[0] != codes[1]
 
 
 def _identifier_part(identifier: pd.Series, part: int) -> pd.Series:
