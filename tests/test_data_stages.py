@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_stage(project: Path, name: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}  # this checkout's code
     return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -67,19 +67,27 @@ def test_tau22_source_with_a_bad_file_fails_cleanly(project, tiny_dataset):
 def test_demo_source_requires_the_demo_root(project):
     set_data_params(project, root="elsewhere")
     result = run_stage(project, "resample")
-    assert result.returncode != 0 and "data.root must be data/demo" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "resample: data.source is demo, so data.root must be data/demo" in result.stderr
 
 
 def test_moving_the_dataset_or_changing_workers_leaves_the_store_unchanged(project, tiny_dataset, tmp_path):
-    """The resampled store (DVC's hash of it) depends on the audio, not on where it lies."""
+    """The resampled store (DVC's hash of it) depends on the audio, not on where it lies, also
+    when a skipped unreadable file's reason is in the report (libsndfile quotes its path)."""
+    unreadable = sorted((tiny_dataset / "audio").iterdir())[5]
+    unreadable.write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot audio")
     digests = []
     for workers in (1, 2):
         root = tiny_dataset if workers == 1 else tiny_dataset.rename(tmp_path / "moved")
-        set_data_params(project, source="tau22", root=str(root), workers=workers)
+        set_data_params(project, source="tau22", root=str(root), workers=workers, on_bad_file="skip")
         assert run_stage(project, "resample").returncode == 0
         digests.append({p.name: p.read_bytes() for p in (project / "data/resampled").iterdir()})
     assert digests[0] == digests[1]
-    assert str(tmp_path) not in (project / "data/resampled/report.json").read_text()
+    report = json.loads(digests[0]["report.json"])
+    assert [(s["filename"], s["reason"].split(":")[0]) for s in report["skipped"]] == \
+        [(f"audio/{unreadable.name}", "unreadable")]
+    assert f"'audio/{unreadable.name}'" in report["skipped"][0]["reason"]  # libsndfile's message, relative name
+    assert str(tmp_path) not in digests[0]["report.json"].decode()
 
 
 def test_a_typo_in_params_stops_the_stage_naming_it(project):

@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 
 from mobileast.data import tau22
-from mobileast.data.parallel import runner
 from mobileast.data.tau22 import DatasetError
 
 
@@ -23,8 +22,7 @@ def write(table: pd.DataFrame, root: Path, name: str) -> None:
 
 
 def load(root: Path, on_bad_file: str = "error") -> tau22.Dataset:
-    with runner(1) as run:
-        return tau22.load_dataset(root, run, on_bad_file)
+    return tau22.load_dataset(root, 1, on_bad_file)
 
 
 def first_train_file(root: Path) -> str:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from mobileast.config import ParamsError
 from mobileast.models import build_model, build_preset, build_student, model_spec
 from mobileast.models.mobileast import (PRESETS, Attention, MobileASTConfig, MobileASTLight, Patches,
                                         fold_bn)
@@ -198,7 +199,7 @@ def test_student_params_custom_and_errors():
     assert build_student({"preset": "sub4"}).cfg == PRESETS["sub4"]
     with pytest.raises(ValueError, match="unknown MobileASTConfig fields"):
         build_student({"preset": "sub1", "custom": {"width": 3}})
-    with pytest.raises(KeyError):
+    with pytest.raises(ParamsError, match="student.preset must be"):
         build_student({"preset": "teacher_cnn"})
     with pytest.raises(ValueError, match="compact layout"):
         MobileASTConfig(layout="compact")

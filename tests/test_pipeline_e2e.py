@@ -166,7 +166,9 @@ def project(tmp_path_factory) -> Iterator[Project]:
     (root / ".venv").symlink_to(Path(sys.prefix))  # what `make` creates in a fresh clone
     project = Project(root)
     sets = [f"--set={key}={yaml_value(value)}" for key, value in {**TINY, "data.root": str(dataset)}.items()]
-    project.run(str(root / ".venv/bin/python"), "-m", "mobileast", "profile", "tau22-sub1", "--apply", *sets)
+    # `.venv/bin/python -m mobileast` through the stages' launcher, which puts this copy's src/ first: the
+    # venv may be installed from another checkout
+    project.run(str(root / "stages/python"), "-m", "mobileast", "profile", "tau22-sub1", "--apply", *sets)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         project.run(*command)

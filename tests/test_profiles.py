@@ -1,21 +1,28 @@
-"""Profiles: every profile applies to params.yaml and yields params every stage accepts;
---apply keeps the file's comments; --dvc-args round-trips; the README shows them verbatim."""
+"""Profiles: every profile applies to params.yaml and yields params every stage accepts and
+that do not depend on the workspace's values in what the profile defines; --apply keeps
+the file's comments and records the profiles; --dvc-args round-trips; the README shows
+them verbatim."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from mobileast import profiles
 from mobileast.augment import Augmenter
-from mobileast.config import ParamsError, check_params, read_params, read_yaml, select
+from mobileast.config import InputError, ParamsError, check_params, read_params, read_yaml, select
 from mobileast.distill import DistillLoss
 from mobileast.models import build_preset, build_student
 from mobileast.models.passt import PaSSTConfig
+from mobileast.schema import AUGMENT, SCHEMA
 from mobileast.train import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +31,14 @@ NAMES = profiles.available(DIRECTORY)
 SUBMISSIONS = [name for name in NAMES if name.startswith("tau22-sub")]
 ROOT = {"data.root": "/datasets/tau22"}
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+COMBINATIONS = [[name] for name in NAMES] + [["tau22-passt", name] for name in SUBMISSIONS]
 
 
 def test_the_five_profiles_exist():
     assert NAMES == ["tau22-passt", "tau22-sub1", "tau22-sub2", "tau22-sub3", "tau22-sub4"]
 
 
-@pytest.mark.parametrize("names", [[name] for name in NAMES] + [["tau22-passt", name] for name in SUBMISSIONS])
+@pytest.mark.parametrize("names", COMBINATIONS)
 def test_profile_applied_to_params_builds_every_stage(names):
     loaded = [profiles.load_profile(name, DIRECTORY) for name in names]
     params = profiles.apply(read_params(REPO / "params.yaml"), profiles.resolve(loaded, ROOT))
@@ -64,6 +72,66 @@ def test_submission_profiles_set_the_report_setting():
         assert o["augment.mixup.alpha"] == o["augment.mixstyle.alpha"] == 0.3
         assert o["augment.mixstyle.p"] == (0.6 if number in (1, 3) else 0.5)
         assert o["train.epochs"] == 600 and o["train.schedule.decay_end_epoch"] == 400
+        assert [name for name in AUGMENT if o[f"augment.{name}.enabled"]] == ["mixup", "mixstyle"]
+        assert (o["features.n_mels"], o["features.hop_length"], o["logits.hop_s"]) == (256, 500, 0.25)
+
+
+def get(params: dict[str, Any], key: str) -> Any:
+    for name in key.split("."):
+        params = params[name]
+    return params
+
+
+def other(value: Any) -> Any:
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, (list, dict)):
+        return [*value, "other"] if isinstance(value, list) else {**value, "other": 1}
+    return 1  # None
+
+
+@pytest.mark.parametrize("names", COMBINATIONS)
+def test_what_a_profile_defines_does_not_depend_on_the_workspace(names):
+    """Applied to params.yaml, and to a params.yaml whose every value (but data.root) is another,
+    a profile gives the same value to every key it decides: none comes from the demo params."""
+    loaded = [profiles.load_profile(name, DIRECTORY) for name in names]
+    overrides = profiles.resolve(loaded, ROOT)
+    workspace = read_params(REPO / "params.yaml")
+    keys = [key for section in SCHEMA for key in profiles.schema_keys(section)]
+    changed = profiles.apply(workspace, {key: other(get(workspace, key)) for key in keys if key != "data.root"})
+    a, b = profiles.apply(workspace, overrides), profiles.apply(changed, overrides)
+    defines = [key for profile in loaded for key in profile.defines]
+    decided = profiles.decided_keys(defines, lambda key: get(a, key))
+    assert decided == profiles.decided_keys(defines, lambda key: get(b, key))
+    assert {key: get(a, key) for key in decided} == {key: get(b, key) for key in decided}
+    assert get(a, "seed") != get(b, "seed")  # what no profile defines stays the workspace's
+    if any(name in SUBMISSIONS for name in names):
+        assert {"features.sample_rate", "features.f_max", "logits.hop_s", "augment.noise.enabled",
+                "augment.time_shift.enabled", "augment.masking.enabled", "student.custom"} <= set(decided)
+        assert "augment.noise.snr_db_min" not in decided and "train.nproc" not in decided
+    if "tau22-passt" in names:
+        assert {f"teacher.augment.{name}.enabled" for name in AUGMENT} <= set(decided)
+
+
+def test_a_profile_must_set_what_it_defines(tmp_path):
+    (tmp_path / "partial.yaml").write_text("defines: [augment]\noverrides:\n  augment.mixup.enabled: false\n")
+    with pytest.raises(InputError, match=r"leaves augment\.time_shift\.enabled, augment\.time_shift\.max_s, "):
+        profiles.load_profile("partial", tmp_path)
+    (tmp_path / "_base.yaml").write_text("defines: [dkd]\noverrides:\n  dkd.alpha: 5\n")
+    (tmp_path / "child.yaml").write_text("extends: _base\noverrides:\n  dkd.beta: 10\n")
+    with pytest.raises(InputError, match=r"defines dkd but leaves dkd\.T, dkd\.warmup_epochs, dkd\.ce_weight "):
+        profiles.load_profile("child", tmp_path)
+    schedule = "".join(f"  train.schedule.{key}: 1\n" for key in SCHEMA["train"]["schedule"])
+    (tmp_path / "train.yaml").write_text(f"defines: [train.schedule, distill]\noverrides:\n  distill.method: kd\n{schedule}")
+    assert profiles.load_profile("train", tmp_path).defines == ("train.schedule", "distill")
+    with pytest.raises(InputError, match="a base that profiles extend"):
+        profiles.load_profile("_base", tmp_path)
+    assert profiles.available(tmp_path) == ["child", "partial", "train"]
 
 
 def test_apply_keeps_comments_and_every_other_key(tmp_path):
@@ -77,7 +145,9 @@ def test_apply_keeps_comments_and_every_other_key(tmp_path):
     assert all(comment in after for comment in comments)
     overrides = profiles.resolve([profiles.load_profile(n, DIRECTORY) for n in ("tau22-passt", "tau22-sub3")],
                                  {"data.root": "/x", "train.epochs": 1})
-    assert read_params(target) == profiles.apply(read_params(REPO / "params.yaml"), overrides)
+    assert read_params(target) == profiles.apply(read_params(REPO / "params.yaml"),
+                                                 {**overrides, "profile": "tau22-passt v2 + tau22-sub3 v2"})
+    assert re.search(r"^  f_max: null +#", after, re.M)  # not `f_max:`
     assert read_params(target)["teacher"]["train"]["schedule"]["min_lr"] == 1e-7  # a float, not '1e-07'
     assert re.search(r"min_lr: 1\.0e-07", after)
 
@@ -92,7 +162,7 @@ def test_dvc_args_read_back_as_the_overrides(capsys):
         assert flag == "-S"
         parsed[key] = read_yaml(value)
     expected = profiles.resolve([profiles.load_profile("tau22-sub2", DIRECTORY)], {"data.root": "/data/my tau22"})
-    assert parsed == expected
+    assert parsed == {**expected, "profile": "tau22-sub2 v2"}
 
 
 def test_bad_profiles_and_overrides_are_refused(tmp_path, capsys):
@@ -125,3 +195,14 @@ def test_readme_shows_the_profiles_as_the_command_prints_them(capsys):
     for names, block in blocks.items():
         assert profiles.main(names.split()) == 0
         assert block == capsys.readouterr().out, f"README block of {names} is out of date"
+
+
+def test_output_cut_short_by_the_reader_is_no_error():
+    """`python -m mobileast profile ... --dvc-args | head -1`: the closed pipe ends the command quietly."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "mobileast", "profile", "tau22-passt", "tau22-sub1", "--set", "data.root=/x",
+               "--dvc-args"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes (it takes a second to start)
+    assert process.wait(timeout=120) == 0
+    assert process.stderr.read() == b""

@@ -14,7 +14,8 @@ from mobileast.data.crops import train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
 from mobileast.models import build_preset, model_spec
-from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints, load_logits, supervised_step
+from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints, load_logits, supervised_step, train_student
+from mobileast.train import Outputs
 from test_crops import make_clip_store, make_recordings_store
 
 RATE = 1600  # the tiny stores' "1 s"
@@ -137,3 +138,24 @@ def test_ensemble_logits_are_the_mean_of_the_teachers(stores, teacher, dumped, t
     for name in ("train.npy", "evaluate.npy"):
         mean = (np.load(dumped / name) + np.load(tmp_path / "alone" / name)) / 2
         np.testing.assert_allclose(np.load(tmp_path / "both" / name), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_an_ensemble_teacher_at_another_sample_rate_is_refused(stores, teacher, tmp_path):
+    checkpoint = torch.load(teacher, weights_only=False)
+    other = tmp_path / "ensemble" / "16k.pt"
+    other.parent.mkdir()
+    torch.save({**checkpoint, "features": {**FEATURES, "sample_rate": 2 * RATE}}, other)
+    with pytest.raises(ParamsError, match=f"16k.pt: this teacher takes {2 * RATE} Hz audio, but data.sample_rate "
+                                          f"\\(the stores' rate\\) is {RATE} Hz"):
+        dump_teacher_logits(PARAMS, [teacher, other], *stores, tmp_path / "logits")
+    assert not (tmp_path / "logits").exists()
+
+
+def test_a_batch_larger_than_an_epoch_names_what_to_change(stores, dumped, tmp_path):
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    params = {**params, "features": FEATURES, "student": {"preset": "sub4", "custom": {}},
+              "train": {**params["train"], "batch_size": 256, "crops_per_recording": 2}, "logits": PARAMS["logits"]}
+    with pytest.raises(ParamsError, match=r"train.batch_size 256 is larger than the crops of one epoch \(12 train "
+                                          r"recordings x train.crops_per_recording 2\): lower it"):
+        train_student(params, *stores, dumped, Outputs(model=tmp_path / "student.pt"))
+    assert not (tmp_path / "student.pt").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -22,4 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m mobileast <command> [options]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    try:
+        status = module.main(argv[1:]) or 0
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early, e.g. `... | head`: not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit fails no more
+        return 0
+    return status

@@ -6,11 +6,13 @@ import json
 import os
 import re
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, TextIO
 
 import yaml
+from tqdm import tqdm
 
 from mobileast.schema import FREE, SCHEMA
 
@@ -20,6 +22,7 @@ SCENES = (
 )
 DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
 UNSEEN_DEVICES = ("s4", "s5", "s6")
+LOG_PROGRESS_INTERVAL = 60.0  # s between progress lines when stderr is no terminal
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -38,6 +41,16 @@ class InputError(ValueError):
 class ParamsError(InputError):
     """params.yaml (or overrides of it) does not match mobileast.schema; the message names
     the key, its section and the keys the section knows."""
+
+
+@contextmanager
+def params_errors(section: str) -> Iterator[None]:
+    """Re-raise a ValueError (a ParamsError too) or TypeError of building something from
+    params `section` as a ParamsError naming it, so the stage ends with the message."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise ParamsError(f"params.yaml, {section}: {error}") from None
 
 
 class YAML12Loader(yaml.SafeLoader):
@@ -221,3 +234,33 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+class _Lines:
+    """A stream for tqdm that writes every status as a line of its own: a log (CI, a
+    queued `dvc exp run`) gets readable lines instead of carriage-return redraws."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(iterable: Iterable[Any] | None = None, *, interval: float = LOG_PROGRESS_INTERVAL,
+             **kwargs: Any) -> tqdm:
+    """A tqdm progress bar with ETA on stderr for a long loop (kwargs: tqdm's, e.g. total, desc, unit).
+
+    On a terminal it is redrawn in place (at most once a second); otherwise it writes
+    a line when the loop starts, at most every `interval` seconds, and when it ends, so
+    logs show progress and ETA without being flooded.
+    """
+    if sys.stderr.isatty():
+        return tqdm(iterable, mininterval=1, **kwargs)
+    return tqdm(iterable, file=_Lines(sys.stderr), mininterval=interval, maxinterval=interval, **kwargs)

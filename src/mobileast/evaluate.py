@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
-from mobileast.config import SCENES, atomic_output, write_json
+from mobileast.config import SCENES, atomic_output, progress, write_json
 from mobileast.data.crops import ClipSource, check_clip_rate
 from mobileast.data.reassemble import read_recordings
 from mobileast.deploy import feature_args, frontend_for, load_model_any
@@ -159,10 +158,10 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
                         f"the sample rate of {path}", resampled)
         on_cpu = meta.get("quantized") or meta.get("format") == "onnx" or not torch.cuda.is_available()
         device = torch.device("cpu" if on_cpu else "cuda")
-        batches = tqdm(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
-                       unit="batch", disable=None, mininterval=1)
+        batches = progress(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
+                           unit="batch")
         logits = predict(model.to(device), frontend_for(meta).to(device), batches, device,
-                         resolve_precision(precision, device))
+                         resolve_precision(precision, device, "evaluate.precision"))
         results[name] = metrics(logits.numpy())
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))

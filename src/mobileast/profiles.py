@@ -1,9 +1,18 @@
 """Profiles: named, versioned sets of params.yaml overrides kept in `profiles/<name>.yaml`.
 
 A profile file holds `version`, `description`, `requires` ({dotted key: what to give},
-values the user must supply with `--set`, e.g. the dataset root) and `overrides`
-({dotted key: value}, every key a value of mobileast.schema). Profiles combine: later
-ones and `--set` win, but two profiles giving one key different values is an error.
+values the user must supply with `--set`, e.g. the dataset root), `defines` (the params
+sections and keys whose values the profile fixes) and `overrides` ({dotted key: value},
+every key a value of mobileast.schema). A profile must set every key under `defines`
+that decides a run's result (`decided_keys`: all but the training sections' hardware
+keys and the settings of switched-off augmentations), so that its result never depends
+on what the workspace's params.yaml holds there; keys outside `defines` (seed, quant,
+evaluate, the teacher for a student profile alone, ...) keep params.yaml's values.
+`extends: _base` adds the overrides of `profiles/_base.yaml` (a base shared by several
+profiles, not listed or used alone) before the profile's own; a profile's `version`
+covers its base, so changing a base means raising the version of every profile
+extending it. Profiles combine: later ones and `--set` win, but two profiles giving one
+key different values is an error.
 
     python -m mobileast profile --list
     python -m mobileast profile tau22-sub1                       # the overrides as YAML
@@ -14,7 +23,9 @@ ones and `--set` win, but two profiles giving one key different values is an err
 `--apply` rewrites params.yaml in place with only those values changed (comments, key
 order and every other value kept; checked against the schema before it is written);
 `--dvc-args` prints them as `-S key=value` arguments of `dvc exp run`, one per line,
-shell-quoted (xargs reads the quotes).
+shell-quoted (xargs reads the quotes). Both also set the params key `profile` to the
+profiles' names and versions (e.g. `tau22-passt v2 + tau22-sub1 v2`): no stage reads it,
+but `dvc exp show`, `dvc params diff` and the experiment's MLflow run show it.
 """
 from __future__ import annotations
 
@@ -23,17 +34,22 @@ import copy
 import io
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
 from mobileast.config import InputError, ParamsError, atomic_output, check_params, project_root, \
-    read_params, read_yaml, schema_at
+    read_yaml, schema_at
+from mobileast.schema import SCHEMA
 
 PROFILES_DIR = "profiles"
-PROFILE_KEYS = {"version", "description", "requires", "overrides"}
+PROFILE_KEYS = {"version", "description", "extends", "requires", "defines", "overrides"}
+BASE_PREFIX = "_"  # profiles/_<name>.yaml: a base that profiles extend, not a profile to use
+RECORD_KEY = "profile"  # the params key recording the applied profiles
+TRAINING_SECTIONS = ("train", "teacher.train")
+HARDWARE_KEYS = ("precision", "compile", "nproc", "sync_bn")  # how a training run uses the machine
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,7 @@ class Profile:
     version: int
     description: str
     requires: Mapping[str, str]
+    defines: tuple[str, ...]
     overrides: Mapping[str, Any]
 
 
@@ -50,7 +67,7 @@ def profiles_dir(root: Path | None = None) -> Path:
 
 
 def available(directory: Path) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    return sorted(p.stem for p in directory.glob("*.yaml") if not p.stem.startswith(BASE_PREFIX))
 
 
 def check_key(key: str, where: str) -> None:
@@ -63,17 +80,75 @@ def check_key(key: str, where: str) -> None:
         raise ParamsError(f"{where}: '{key}' is a section; name its keys ({', '.join(node)})")
 
 
-def load_profile(name: str, directory: Path) -> Profile:
+def schema_keys(key: str) -> list[str]:
+    """The dotted keys of the values at and below `key` in the params schema."""
+    node = schema_at(key)
+    return [leaf for name in node for leaf in schema_keys(f"{key}.{name}")] if isinstance(node, dict) else [key]
+
+
+def decided_keys(defines: Sequence[str], value: Callable[[str], Any]) -> list[str]:
+    """The keys under `defines` that decide a run's result, given `value(key)` of the
+    `enabled` keys: all but the HARDWARE_KEYS of training sections and the other keys of a
+    section whose `enabled` is false (a switched-off augmentation)."""
+    decided = []
+    for key in (key for section in defines for key in schema_keys(section)):
+        section, leaf = key.rsplit(".", 1)
+        if section in TRAINING_SECTIONS and leaf in HARDWARE_KEYS:
+            continue
+        if leaf != "enabled" and "enabled" in schema_at(section) and value(f"{section}.enabled") is False:
+            continue
+        decided.append(key)
+    return decided
+
+
+def _read(name: str, directory: Path, extended: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The profile file `name` as a mapping, its base's (`extends`) defines, requires and overrides merged in."""
     path = directory / f"{name}.yaml"
     if not path.is_file():
         raise InputError(f"no profile {name!r} in {directory} (profiles: {', '.join(available(directory))})")
     data = read_yaml(path.read_text())
     if not isinstance(data, dict) or set(data) - PROFILE_KEYS or "overrides" not in data:
         raise InputError(f"{path}: a profile is a mapping of {', '.join(sorted(PROFILE_KEYS))} (overrides required)")
-    overrides, requires = dict(data["overrides"] or {}), dict(data.get("requires") or {})
-    for key in [*overrides, *requires]:
+    data = {"path": path, **data, "overrides": dict(data["overrides"] or {}),
+            "requires": dict(data.get("requires") or {}), "defines": list(data.get("defines") or [])}
+    for key in [*data["overrides"], *data["requires"]]:
         check_key(key, str(path))
-    return Profile(name, int(data.get("version", 1)), str(data.get("description", "")), requires, overrides)
+    for key in data["defines"]:
+        try:
+            schema_at(key)
+        except ParamsError as error:
+            raise ParamsError(f"{path}: defines: {error}") from None
+    base = data.get("extends")
+    if base is None:
+        return data
+    if not str(base).startswith(BASE_PREFIX) or base in extended:
+        raise InputError(f"{path}: extends must name a base profile ({BASE_PREFIX}<name>, no cycle), got {base!r}")
+    parent = _read(base, directory, (*extended, name))
+    return {**data, "overrides": parent["overrides"] | data["overrides"],
+            "requires": parent["requires"] | data["requires"],
+            "defines": list(dict.fromkeys(parent["defines"] + data["defines"]))}
+
+
+def load_profile(name: str, directory: Path) -> Profile:
+    """The profile `name` (its base merged in), checked: known keys, and every key under
+    `defines` that decides the result set (see decided_keys)."""
+    if name.startswith(BASE_PREFIX):
+        raise InputError(f"{name} is a base that profiles extend, not a profile to use "
+                         f"(profiles: {', '.join(available(directory))})")
+    data = _read(name, directory)
+    overrides = data["overrides"]
+    unset = [key for key in decided_keys(data["defines"], overrides.get) if key not in overrides]
+    if unset:
+        raise InputError(f"{data['path']}: it defines {', '.join(data['defines'])} but leaves {', '.join(unset)} "
+                         "to params.yaml: set them (or switch the augmentation off)")
+    order = {key: i for i, key in enumerate(key for section in SCHEMA for key in schema_keys(section))}
+    return Profile(name, int(data.get("version", 1)), str(data.get("description", "")), data["requires"],
+                   tuple(data["defines"]), dict(sorted(overrides.items(), key=lambda item: order[item[0]])))
+
+
+def record(profiles: Sequence[Profile]) -> dict[str, str]:
+    """The `profile` params value naming the applied profiles and their versions."""
+    return {RECORD_KEY: " + ".join(f"{p.name} v{p.version}" for p in profiles)}
 
 
 def resolve(profiles: Sequence[Profile], sets: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,6 +211,7 @@ def apply_to_file(path: Path, overrides: Mapping[str, Any]) -> None:
     editor.preserve_quotes = True
     editor.width = 4096
     editor.representer.add_representer(float, _represent_float)
+    editor.representer.add_representer(type(None), _represent_null)
     document = editor.load(path.read_text())
     for key, value in overrides.items():
         _parent(document, key)[key.rsplit(".", 1)[-1]] = value
@@ -153,6 +229,11 @@ def _represent_float(representer: Any, value: float) -> Any:
         mantissa, exponent = text.split("e")
         text = f"{mantissa}.0e{exponent}"
     return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _represent_null(representer: Any, value: None) -> Any:
+    """None as `null` (ruamel writes nothing, `f_max:`, which reads back as null but hides it)."""
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
 
 
 def yaml_value(value: Any) -> str:
@@ -175,6 +256,8 @@ def as_yaml(profiles: Sequence[Profile], overrides: Mapping[str, Any]) -> str:
             node = node.setdefault(name, {})
         node[leaf] = value
     lines = [f"# profile {p.name} (version {p.version}): {p.description}" for p in profiles]
+    defined = list(dict.fromkeys(key for p in profiles for key in p.defines))
+    lines += [f"# defines {', '.join(defined)}; every other key keeps params.yaml's value"] if defined else []
     lines += [f"# needs --set {key}=...: {what}" for p in profiles for key, what in p.requires.items()
               if key not in overrides]
     return "\n".join(lines + [yaml.safe_dump(nested, sort_keys=False, width=100).rstrip()]) + "\n"
@@ -192,24 +275,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, help="the params file to --apply to (default: the project's)")
     args = parser.parse_args(argv)
     directory = profiles_dir()
-    if args.list:
-        for name in available(directory):
-            profile = load_profile(name, directory)
-            print(f"{name:<14} v{profile.version}  {profile.description}")
-        return 0
-    if not args.names:
+    if not args.names and not args.list:
         parser.error("name at least one profile (or --list)")
     try:
+        if args.list:
+            for name in available(directory):
+                profile = load_profile(name, directory)
+                print(f"{name:<14} v{profile.version}  {profile.description}")
+            return 0
         profiles = [load_profile(name, directory) for name in args.names]
         sets = parse_sets(args.set)
         if args.apply or args.dvc_args:
-            overrides = resolve(profiles, sets)
-        else:
-            overrides = resolve([Profile(p.name, p.version, p.description, {}, p.overrides) for p in profiles], sets)
+            overrides = record(profiles) | resolve(profiles, sets)
+        else:  # printing needs no required values
+            overrides = resolve([replace(p, requires={}) for p in profiles], sets)
         if args.apply:
             target = args.params or project_root() / "params.yaml"
             apply_to_file(target, overrides)
-            print(f"{target}: set {len(overrides)} values of {', '.join(args.names)}", file=sys.stderr)
+            print(f"{target}: set {len(overrides)} values ({RECORD_KEY}: {overrides[RECORD_KEY]})", file=sys.stderr)
         elif args.dvc_args:
             print("\n".join(dvc_args(overrides)))
         else:

@@ -70,6 +70,7 @@ from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObser
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from mobileast.complexity import LIMIT_PARAM_MEMORY_BYTES, param_memory_bytes
+from mobileast.config import params_errors
 from mobileast.data.crops import evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model, load_deployed, save_deployed
 from mobileast.features import LogMel
@@ -229,8 +230,9 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     the fold (all of it when it is smaller; the evaluate stage scores the whole fold).
     """
     model, meta = load_checkpoint_model(checkpoint)
-    parts = {"float_modules": select_modules(model, quant["float_modules"]),
-             "dynamic_modules": dynamic_module_names(model, quant["dynamic_modules"])}
+    with params_errors("section 'quant'"):
+        parts = {"float_modules": select_modules(model, quant["float_modules"]),
+                 "dynamic_modules": dynamic_module_names(model, quant["dynamic_modules"])}
     n_batches, batch_size = int(quant["calib_batches"]), int(quant["batch_size"])
     calib = calibration_batches(recordings, resampled, meta["features"], n_batches, batch_size, hop_s, seed)
     qmodel = quantize_model(model, calib, **parts)

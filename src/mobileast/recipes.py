@@ -22,16 +22,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mobileast import tracking
 from mobileast.augment import Augmenter
-from mobileast.config import SCENES, ParamsError, atomic_output
+from mobileast.config import SCENES, ParamsError, atomic_output, params_errors, progress
 from mobileast.data.crops import Batch, RecordingCrops, evaluate_clips, train_crops
-from mobileast.deploy import frontend_for, load_checkpoint_model
+from mobileast.deploy import feature_args, frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
 from mobileast.metrics import evaluate_predictions
 from mobileast.models import build_preset, build_student, model_spec
+from mobileast.models.cnn import PRESETS as CNN_PRESETS
 from mobileast.train import (Outputs, Runtime, StepFn, TrainSettings, autocast, classification_validator, fit,
                              predict, resolve_precision, runtime)
 
@@ -47,16 +47,21 @@ def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tu
     waveform and computes its own features.
     """
     if teacher["arch"] == "cnn":
-        model = build_preset(teacher["cnn"]["preset"], **dict(teacher["cnn"].get("custom") or {}))
+        cnn = teacher["cnn"]
+        if cnn["preset"] not in CNN_PRESETS:
+            raise ParamsError(f"teacher.cnn.preset must be one of {', '.join(CNN_PRESETS)}, got {cnn['preset']!r}")
+        with params_errors(f"teacher.cnn (preset {cnn['preset']}, custom {dict(cnn.get('custom') or {})})"):
+            model = build_preset(cnn["preset"], **dict(cnn.get("custom") or {}))
         meta_features, kind = dict(features), "logmel"
     elif teacher["arch"] == "passt":
         from mobileast.models.passt import passt_from_checkpoint
 
         cfg = dict(teacher["passt"])
-        model = passt_from_checkpoint(cfg.pop("checkpoint"), n_classes=len(SCENES), **cfg)
+        with params_errors("section 'teacher.passt'"):
+            model = passt_from_checkpoint(cfg.pop("checkpoint"), n_classes=len(SCENES), **cfg)
         meta_features, kind = {"sample_rate": model.cfg.sample_rate}, "waveform"
     else:
-        raise ValueError(f"teacher.arch must be cnn or passt, got {teacher['arch']!r}")
+        raise ParamsError(f"teacher.arch must be cnn or passt, got {teacher['arch']!r}")
     arch, config = model_spec(model)
     return model, {"arch": arch, "config": config, "features": meta_features,
                    "classes": list(SCENES), "input": kind}
@@ -91,24 +96,39 @@ def _rate_key(meta: Mapping[str, Any]) -> str:
     return "features.sample_rate" if meta["input"] == "logmel" else "the PaSST teacher's input rate"
 
 
-def _train(stage: str, model: nn.Module, meta: dict[str, Any], section: Mapping[str, Any],
-           params: Mapping[str, Any], augment: Mapping[str, Any], loss_fn: DistillLoss,
-           resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime, inputs: Sequence[Path],
-           teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> None:
-    """Run the engine on the train crops `data`, validating on the evaluate clips; `inputs`:
-    the stage's data directories (a resume checkpoint made before they changed is not resumed)."""
-    seed = params["seed"]
-    settings = TrainSettings.from_params(section, seed)
+def _train(stage: str, model: nn.Module, meta: dict[str, Any], prefix: str, params: Mapping[str, Any],
+           loss_fn: DistillLoss, resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime,
+           inputs: Sequence[Path], teacher_logits: torch.Tensor | None = None, drop_logs: Sequence[str] = ()) -> None:
+    """Run the engine on the train crops `data`, validating on the evaluate clips, with the
+    params sections `<prefix>train` and `<prefix>augment` ("" for the student, "teacher.");
+    `inputs`: the stage's data directories (a resume checkpoint made before they changed is
+    not resumed)."""
+    section = _section(params, f"{prefix}train")
+    settings = TrainSettings.from_params(section, params["seed"], f"{prefix}train")
+    steps = data.steps_per_epoch(settings.batch_size)
+    if steps == 0:
+        raise ParamsError(f"{prefix}train.batch_size {settings.batch_size} is larger than the crops of one epoch "
+                          f"({len(data.table)} train recordings x {prefix}train.crops_per_recording "
+                          f"{data.crops_per_recording}): lower it, or raise crops_per_recording")
     precision = resolve_precision(settings.precision, rt.device)
     sample_rate = int(meta["features"]["sample_rate"])
-    frontend = frontend_for(meta).to(rt.device)
-    augmenter = Augmenter.from_params(augment, sample_rate)
+    with params_errors("section 'features'" if meta["input"] == "logmel" else "section 'teacher.passt'"):
+        frontend = frontend_for(meta).to(rt.device)
+    with params_errors(f"section '{prefix}augment'"):
+        augmenter = Augmenter.from_params(_section(params, f"{prefix}augment"), sample_rate)
     step = supervised_step(frontend, augmenter, loss_fn,
                            None if teacher_logits is None else teacher_logits.to(rt.device), drop_logs, precision)
     validate = classification_validator(evaluate_clips(resampled, sample_rate, _rate_key(meta)), frontend,
                                         int(section["batch_size"]), rt, precision)
     with tracking.start_run(stage, params):
         fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params, inputs=inputs)
+
+
+def _section(params: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """The params section of a dotted key."""
+    for name in key.split("."):
+        params = params[name]
+    return params
 
 
 def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, outputs: Outputs) -> None:
@@ -123,7 +143,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         rate = int(meta["features"]["sample_rate"])
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
                            _rate_key(meta), int(section["crops_per_recording"]), params["seed"])
-        _train("teacher_train", model, meta, section, params, augment, DistillLoss(method="none"),
+        _train("teacher_train", model, meta, "teacher.", params, DistillLoss(method="none"),
                resampled, data, outputs, rt, (recordings, resampled), drop_logs=("kd",))
 
 
@@ -142,7 +162,8 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
                   outputs: Outputs) -> None:
     """Stage student_train: MobileAST_Light with DKD (or KD, or CE) from the teacher logits.
     `params`: exactly the keys the stage declares in dvc.yaml."""
-    loss_fn = DistillLoss.from_params(params)
+    with params_errors("sections 'distill' and 'dkd'"):
+        loss_fn = DistillLoss.from_params(params)
     features, section = params["features"], params["train"]
     data = train_crops(recordings, resampled, int(features["sample_rate"]), params["logits"]["hop_s"],
                        "logits.hop_s", "features.sample_rate", int(section["crops_per_recording"]), params["seed"])
@@ -152,15 +173,22 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         arch, config = model_spec(model)
         meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
                 "input": "logmel"}
-        _train("student_train", model, meta, section, params, params["augment"], loss_fn,
-               resampled, data, outputs, rt, (recordings, resampled, logits_dir), teacher_logits)
+        _train("student_train", model, meta, "", params, loss_fn, resampled, data, outputs, rt,
+               (recordings, resampled, logits_dir), teacher_logits)
 
 
-def load_teachers(checkpoints: Sequence[Path], device: torch.device) -> list[tuple[nn.Module, nn.Module]]:
-    """(classifier, frontend) in eval mode for every teacher checkpoint of the ensemble."""
+def load_teachers(checkpoints: Sequence[Path], device: torch.device,
+                  sample_rate: int) -> list[tuple[nn.Module, nn.Module]]:
+    """(classifier, frontend) in eval mode for every teacher checkpoint of the ensemble, each
+    checked to take audio at `sample_rate` (data.sample_rate, the stores' rate)."""
     teachers = []
     for path in checkpoints:
         model, meta = load_checkpoint_model(path)
+        rate = int(feature_args(meta["features"])["sample_rate"])
+        if rate != sample_rate:
+            raise ParamsError(f"{path}: this teacher takes {rate} Hz audio, but data.sample_rate (the stores' rate) "
+                              f"is {sample_rate} Hz: resample the data at {rate} Hz or leave the checkpoint out "
+                              "of teacher.ensemble")
         teachers.append((model.to(device).eval(), frontend_for(meta).to(device)))
     return teachers
 
@@ -170,8 +198,7 @@ def ensemble_logits(teachers: Sequence[tuple[nn.Module, nn.Module]], batches_fn,
     """Mean logits of the teachers over the batches that `batches_fn()` yields, float32."""
     total = 0
     for i, (model, frontend) in enumerate(teachers, 1):
-        batches = tqdm(batches_fn(), total=n_batches, desc=f"{desc} (teacher {i}/{len(teachers)})", unit="batch",
-                       disable=None, mininterval=1)
+        batches = progress(batches_fn(), total=n_batches, desc=f"{desc} (teacher {i}/{len(teachers)})", unit="batch")
         total = total + predict(model, frontend, batches, device, precision)
     return (total / len(teachers)).numpy().astype(np.float32)
 
@@ -199,9 +226,9 @@ def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], 
     logits_params = params["logits"]
     batch_size = int(logits_params["batch_size"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(logits_params.get("precision", "auto"), device)
-    teachers = load_teachers(checkpoints, device)
+    precision = resolve_precision(logits_params.get("precision", "auto"), device, "logits.precision")
     sample_rate = int(params["data"]["sample_rate"])
+    teachers = load_teachers(checkpoints, device, sample_rate)
     crops = train_crops(recordings, resampled, sample_rate, logits_params["hop_s"], "logits.hop_s",
                         "data.sample_rate")
     clips = evaluate_clips(resampled, sample_rate, "data.sample_rate")

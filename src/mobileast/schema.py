@@ -31,6 +31,7 @@ AUGMENT = {
     "mixstyle": keys("enabled", "alpha", "p"),
 }
 SCHEMA: dict[str, Any] = {
+    "profile": LEAF,
     "seed": LEAF,
     "data": keys("source", "root", "on_bad_file", "sample_rate", "workers"),
     "demo": keys("seed", "cities", "locations_per_city", "train_recordings_per_class", "parallel_devices_train",

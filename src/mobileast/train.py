@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mobileast import tracking
-from mobileast.config import atomic_output
+from mobileast.config import ParamsError, atomic_output, params_errors
 from mobileast.data.crops import Batch, ClipSource
 
 WARMUPS = ("none", "linear", "exp")
@@ -58,12 +58,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, key: str = "precision") -> str:
     """`auto`: bf16 on a CUDA device that supports it, else fp32 (CPU training stays fp32,
     so CPU results are those of the fp32 code). fp32, bf16 and fp16 are taken as given
-    (bf16 and fp16 also on CPU, where autocast runs them, slowly)."""
+    (bf16 and fp16 also on CPU, where autocast runs them, slowly). `key`: the params key
+    it comes from, for the error."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ParamsError(f"{key} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
@@ -93,12 +94,14 @@ class Schedule:
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.warmup not in WARMUPS or self.decay not in DECAYS:
-            raise ValueError(f"schedule: warmup must be one of {WARMUPS}, decay one of {DECAYS}")
+        if self.warmup not in WARMUPS:
+            raise ValueError(f"schedule.warmup must be one of {', '.join(WARMUPS)}, got {self.warmup!r}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"schedule.decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if self.warmup != "none" and self.warmup_epochs <= 0:
-            raise ValueError("schedule: warmup needs warmup_epochs > 0")
+            raise ValueError("schedule.warmup needs schedule.warmup_epochs > 0")
         if self.decay != "constant" and self.decay_end_epoch < self.warmup_length:
-            raise ValueError("schedule: decay_end_epoch must not come before the end of the warm-up")
+            raise ValueError("schedule.decay_end_epoch must not come before the end of the warm-up")
 
     @property
     def warmup_length(self) -> float:
@@ -138,24 +141,26 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.validate_every < 1:
             raise ValueError(f"epochs, batch_size and validate_every must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}, {self.validate_every}")
 
     @classmethod
-    def from_params(cls, section: Mapping[str, Any], seed: int) -> TrainSettings:
-        """Settings from a params section (`train` or `teacher.train`, checked against
-        mobileast.schema by the stage); keys the engine does not use are left to the stage."""
-        return cls(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
-                   lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.0)),
-                   optimizer=section.get("optimizer", "adam"),
-                   schedule=Schedule(**section.get("schedule", {})), seed=int(seed),
-                   validate_every=int(section.get("validate_every", 1)),
-                   precision=str(section.get("precision", "auto")), compile=bool(section.get("compile", False)),
-                   sync_bn=bool(section.get("sync_bn", False)))
+    def from_params(cls, section: Mapping[str, Any], seed: int, name: str = "train") -> TrainSettings:
+        """Settings from the params section `name` (`train` or `teacher.train`, checked against
+        mobileast.schema by the stage); keys the engine does not use are left to the stage.
+        A bad value raises ParamsError naming the section."""
+        with params_errors(f"section '{name}'"):
+            return cls(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
+                       lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.0)),
+                       optimizer=section.get("optimizer", "adam"),
+                       schedule=Schedule(**section.get("schedule", {})), seed=int(seed),
+                       validate_every=int(section.get("validate_every", 1)),
+                       precision=str(section.get("precision", "auto")), compile=bool(section.get("compile", False)),
+                       sync_bn=bool(section.get("sync_bn", False)))
 
     def validates(self, epoch: int) -> bool:
         """Whether the epoch with 0-based index `epoch` ends with a validation."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from mobileast.config import ParamsError
+
 SOURCES = ("demo", "tau22")
 DEMO_ROOT = Path("data/demo")
 RESAMPLED_DIR = Path("data/resampled")
@@ -25,8 +27,8 @@ def dataset_root(data_params: Mapping[str, Any], project: Path) -> Path:
     """
     source, root = data_params["source"], Path(data_params["root"])
     if source not in SOURCES:
-        raise ValueError(f"data.source must be one of {', '.join(SOURCES)}, got {source!r}")
+        raise ParamsError(f"data.source must be one of {', '.join(SOURCES)}, got {source!r}")
     if source == "demo" and root != DEMO_ROOT:
-        raise ValueError(f"data.source is demo, so data.root must be {DEMO_ROOT} (got {root}); "
+        raise ParamsError(f"data.source is demo, so data.root must be {DEMO_ROOT} (got {root}); "
                          "set data.source: tau22 to read a dataset elsewhere")
     return root if root.is_absolute() else project / root

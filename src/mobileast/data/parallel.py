@@ -8,12 +8,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from mobileast.config import ParamsError
+
+MAX_CHUNK = 128  # items of one task at most
+_shared: Any = None  # what runner(shared=...) gave the workers
+
 
 def worker_count(workers: int) -> int:
     """`workers`, or one per usable CPU core when it is 0."""
     if workers < 0:
-        raise ValueError(f"data.workers must be >= 0 (0 = one per core), got {workers}")
+        raise ParamsError(f"data.workers must be >= 0 (0 = one per core), got {workers}")
     return workers or len(os.sched_getaffinity(0))
+
+
+def shared() -> Any:
+    """In a task: the data given to `runner(shared=...)`."""
+    return _shared
+
+
+def _share(data: Any) -> None:
+    global _shared
+    _shared = data
 
 
 @dataclass(frozen=True)
@@ -23,7 +38,7 @@ class Runner:
     workers: int
     imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 
-    def chunks(self, n_items: int, max_chunk: int = 128) -> list[tuple[int, int]]:
+    def chunks(self, n_items: int, max_chunk: int = MAX_CHUNK) -> list[tuple[int, int]]:
         """[start, stop) ranges splitting n_items into about 16 chunks per worker.
 
         A task per chunk amortises the pool's per-task cost (pickling, queueing) over
@@ -34,15 +49,22 @@ class Runner:
 
 
 @contextmanager
-def runner(workers: int) -> Iterator[Runner]:
-    """A Runner on `workers` processes (0 = one per core).
+def runner(workers: int, shared: Any = None) -> Iterator[Runner]:
+    """A Runner on `workers` processes (0 = one per core), whose tasks see `shared` (via `shared()`).
 
-    One worker runs in this process (no pool start-up, easy to debug); otherwise the
-    pool is terminated on exit, so an error stops all work at once.
+    Large per-file data (e.g. the file names as one numpy array) goes to every worker once
+    as `shared`, so tasks can be index ranges into it: no per-file Python objects are
+    pickled, queued or held per task. One worker runs in this process (no pool start-up,
+    easy to debug); otherwise the pool is terminated on exit, so an error stops all work
+    at once.
     """
     workers = worker_count(workers)
     if workers == 1:
-        yield Runner(1, map)
+        _share(shared)
+        try:
+            yield Runner(1, map)
+        finally:
+            _share(None)
         return
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.Pool(workers, initializer=_share, initargs=(shared,)) as pool:
         yield Runner(workers, pool.imap_unordered)

@@ -6,10 +6,11 @@ clip in canonical order; `index.csv` gives every clip's offset either way. So th
 that later stages read is stored once: `reassemble` only writes the recordings table
 over train.npy.
 
-Workers take chunks of file names (in slot order) and write one int16 block per chunk
-straight into the preallocated fold .npy: no audio goes through the pool's pipes, and
-memory per worker is one block (at most `Runner.chunks`' max_chunk clips), whatever the
-dataset's size. Every clip is stored with exactly clip_samples (1 s); clips within
+Workers get the file names (as one bytes array, in slot order) and the slots once, take
+index ranges into them as tasks, and write one int16 block per chunk straight into the
+preallocated fold .npy: no audio goes through the pool's pipes, no per-file Python object
+is held, and memory per worker is one block (at most `Runner.chunks`' max_chunk clips).
+Every clip is stored with exactly clip_samples (1 s); clips within
 tau22.DURATION_TOLERANCE of 1 s are zero-padded or trimmed and counted in the report. A
 clip that fails to decode after passing the header check is left out of the index (with
 on_bad_file: skip); its slot stays zero.
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from mobileast.config import progress
 from mobileast.data import tau22
 from mobileast.data.audio import load_mono, to_int16
-from mobileast.data.parallel import Runner, runner
+from mobileast.data.parallel import runner, shared
 from mobileast.data.reassemble import REASSEMBLED_FOLD, plan_slots
 from mobileast.data.store import FOLDS, INDEX_FILE, allocate_store, write_rows
 
@@ -39,24 +40,27 @@ def clip_samples(sample_rate: int) -> int:
     return sample_rate * tau22.CLIP_SECONDS
 
 
-def _resample_task(task: tuple[str, list[str], int, str, int, np.ndarray]) -> tuple[str, np.ndarray, list[tuple[int, str]]]:
-    """Resample a chunk of files straight into their slots of a store -> (store, slots, problems).
+def _resample_task(task: tuple[str, int, int, int]) -> tuple[int, int, list[tuple[int, str]]]:
+    """Resample the shared files [start, stop) straight into their slots of a store -> (start, stop, problems).
 
     Writing from the worker spares sending the audio back to the parent process.
     """
-    root, names, sample_rate, store, data_offset, slots = task
-    block = np.zeros((len(names), clip_samples(sample_rate)), np.int16)
+    store, data_offset, start, stop = task
+    root, names, slots, sample_rate = shared()
+    block = np.zeros((stop - start, clip_samples(sample_rate)), np.int16)
     problems = []
-    for row, name in enumerate(names):
+    for row, name in enumerate(names[start:stop]):
+        name = name.decode()
+        path = os.path.join(root, name)
         try:
-            audio = load_mono(os.path.join(root, name), sample_rate)
+            audio = load_mono(path, sample_rate)
         except (RuntimeError, ValueError) as error:  # libsndfile/soxr: content unreadable after all
-            problems.append((row, f"unreadable: {error}"))
+            problems.append((start + row, tau22.unreadable(error, path, name)))
             continue
         audio = audio[:block.shape[1]]
         to_int16(audio, out=block[row, :len(audio)])
-    write_rows(Path(store), data_offset, slots, block)
-    return store, slots, problems
+    write_rows(Path(store), data_offset, slots[start:stop], block)
+    return start, stop, problems
 
 
 def fold_slots(clips: pd.DataFrame, fold: str) -> np.ndarray:
@@ -64,31 +68,32 @@ def fold_slots(clips: pd.DataFrame, fold: str) -> np.ndarray:
     return plan_slots(clips) if fold == REASSEMBLED_FOLD else np.arange(len(clips), dtype=np.int64)
 
 
-def resample_folds(dataset: tau22.Dataset, out_dir: Path, sample_rate: int, run: Runner,
+def resample_folds(dataset: tau22.Dataset, out_dir: Path, sample_rate: int, workers: int,
                    on_bad_file: str) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """Write `<fold>.npy` for every fold into out_dir; return (index table, skipped files).
-
-    Files that passed the header check but fail to decode are handled per on_bad_file.
-    """
+    """Write `<fold>.npy` for every fold into out_dir on `workers` processes; return (index
+    table, skipped files). Files that passed the header check but fail to decode are
+    handled per on_bad_file."""
     clip = clip_samples(sample_rate)
     clips = dataset.clips
-    names = clips.filename.to_numpy()
     slots = np.zeros(len(clips), np.int64)
-    tasks, row_of = [], {}
+    stores, orders = [], []
     for fold in FOLDS:
-        store = str(out_dir / f"{fold}.npy")
-        rows = np.flatnonzero(clips.fold.to_numpy() == fold)
+        rows = np.flatnonzero((clips.fold == fold).to_numpy())
         slots[rows] = fold_slots(clips.iloc[rows], fold)
-        data_offset = allocate_store(Path(store), (int(slots[rows].max()) + 1 if len(rows) else 0) * clip)
-        rows = rows[np.argsort(slots[rows], kind="stable")]
-        row_of[store] = dict(zip(slots[rows].tolist(), rows.tolist()))
-        tasks += [(str(dataset.root), names[rows[start:stop]].tolist(), sample_rate, store, data_offset,
-                   slots[rows[start:stop]]) for start, stop in run.chunks(len(rows))]
+        store = out_dir / f"{fold}.npy"
+        stores.append((str(store), allocate_store(store, (int(slots[rows].max()) + 1 if len(rows) else 0) * clip)))
+        orders.append(rows[np.argsort(slots[rows], kind="stable")])
+    order = np.concatenate(orders)  # clip rows in the order of their slots, fold after fold
+    begins = np.cumsum([0, *map(len, orders)])
     problems: dict[int, str] = {}
-    with tqdm(total=len(clips), desc="resample", unit="file", disable=None, mininterval=1) as bar:
-        for store, done, failed in run.imap(_resample_task, tasks):
-            problems.update({row_of[store][int(done[row])]: reason for row, reason in failed})
-            bar.update(len(done))
+    work = (str(dataset.root), tau22.name_array(clips.filename.iloc[order]), slots[order], sample_rate)
+    with runner(workers, shared=work) as run, progress(total=len(clips), desc="resample", unit="file") as bar:
+        tasks = [(store, data_offset, begin + start, begin + stop)
+                 for (store, data_offset), begin, rows in zip(stores, begins, orders)
+                 for start, stop in run.chunks(len(rows))]
+        for start, stop, failed in run.imap(_resample_task, tasks):
+            problems.update({int(order[position]): reason for position, reason in failed})
+            bar.update(stop - start)
     skipped = tau22.bad_files(clips, problems, on_bad_file, dataset.root)
     keep = np.ones(len(clips), bool)
     keep[list(problems)] = False
@@ -113,9 +118,8 @@ def build_store(root: Path, out_dir: Path, *, sample_rate: int, workers: int, on
     unchanged.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    with runner(workers) as run:
-        dataset = tau22.load_dataset(root, run, on_bad_file)
-        index, failed = resample_folds(dataset, out_dir, sample_rate, run, on_bad_file)
+    dataset = tau22.load_dataset(root, workers, on_bad_file)
+    index, failed = resample_folds(dataset, out_dir, sample_rate, workers, on_bad_file)
     index.to_csv(out_dir / INDEX_FILE, index=False, lineterminator="\n")
     clips = dataset.clips
     return {
@@ -136,4 +140,6 @@ def _fold_summary(index: pd.DataFrame) -> dict[str, Any]:
 
 
 def _counts(values: pd.Series) -> dict[str, int]:
-    return {str(value): int(count) for value, count in values.value_counts().sort_index().items()}
+    """{value: count} in value order, of the values present (a categorical also has absent ones)."""
+    counts = values.value_counts()
+    return {str(value): int(count) for value, count in sorted(counts[counts > 0].items())}

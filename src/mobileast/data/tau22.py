@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import soundfile as sf
-from tqdm import tqdm
 
-from mobileast.config import SCENES, InputError
-from mobileast.data.parallel import Runner
-from mobileast.data.store import FOLDS
+from mobileast.config import SCENES, InputError, ParamsError, progress
+from mobileast.data.parallel import runner, shared
+from mobileast.data.store import CHUNK_ROWS, FOLDS, compact, concat_compact, read_table
 
 META_FILE = "meta.csv"
 SETUP_DIR = "evaluation_setup"
@@ -57,8 +57,10 @@ class Dataset:
 
     `clips` has CLIP_COLUMNS plus the audio header fields samplerate, channels and
     frames, one row per clip of the train and evaluate folds in canonical order (fold,
-    then file name), whatever the row order of the metadata files. `skipped` lists the
-    bad audio files left out under on_bad_file=skip, as {filename, fold, reason}.
+    then file name), whatever the row order of the metadata files; filename is str, slice
+    and the header fields integers, the other columns categorical (compact at TAU22's
+    size). `skipped` lists the bad audio files left out under on_bad_file=skip, as
+    {filename, fold, reason}.
     """
 
     root: Path
@@ -72,7 +74,9 @@ def clip_filename(scene: str, city: str, location: str, segment: str, slice_: in
 
 
 def recording_key(scene: Any, city: Any, location: Any, segment: Any, device: Any) -> Any:
-    """Recording key: the file stem without the slice field (str or pandas Series)."""
+    """Recording key: the file stem without the slice field (of str, or of pandas Series, categorical too)."""
+    scene, city, location, segment, device = (part.astype(str) if isinstance(part, pd.Series) else part
+                                              for part in (scene, city, location, segment, device))
     return scene + "-" + city + "-" + location + "-" + segment + "-" + device
 
 
@@ -100,12 +104,32 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
 def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetError(f"{path}: file not found (is data.root the TAU22 development set?)")
-    table = pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False)  # object: fast isin
+    table = read_table(path, sep="\t")
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise DatasetError(f"{path}: expected tab-separated columns {', '.join(columns)}; "
                            f"missing {', '.join(missing)} (found {', '.join(map(str, table.columns))})")
     return table[list(columns)]
+
+
+def _parse_names(filenames: pd.Series) -> pd.DataFrame:
+    """The NAME_PATTERN fields of each file name (missing where it does not match), the slice
+    as a number and the others categorical, parsed CHUNK_ROWS names at a time."""
+    return concat_compact(compact(filenames.iloc[start:start + CHUNK_ROWS].str.extract(NAME_PATTERN),
+                                  {"slice": float}, text=())
+                          for start in range(0, max(len(filenames), 1), CHUNK_ROWS))
+
+
+def _differ(a: pd.Series, b: pd.Series) -> np.ndarray:
+    """Rows where two categorical columns hold different values (compared by code: no string per row)."""
+    categories = a.cat.categories.union(b.cat.categories)
+    codes = [values.cat.set_categories(categories).cat.codes.to_numpy() for values in (a, b)]
+    return codes[0] != codes[1]
+
+
+def _identifier_part(identifier: pd.Series, part: int) -> pd.Series:
+    """City (part 0) or location (part 2) of <city>-<location> identifiers, categorical."""
+    return identifier.map(lambda value: value.partition("-")[part]).astype("category")
 
 
 def _flagged(table: pd.DataFrame, mask: pd.Series, detail: str | None = None) -> list[str]:
@@ -119,43 +143,50 @@ def _flagged(table: pd.DataFrame, mask: pd.Series, detail: str | None = None) ->
 def _meta_problems(meta: pd.DataFrame, names: pd.DataFrame) -> list[str]:
     """Problems of meta.csv: malformed names, duplicates, unknown or contradicting labels."""
     parsed = names.scene.notna()
-    slices = pd.to_numeric(names.slice, errors="coerce")
     checks = [
         (~parsed, "rows of meta.csv whose filename is not "
                   "audio/<scene>-<city>-<location>-<segment>-<slice>-<device>.wav", None),
         (meta.filename.duplicated(keep=False), "rows of meta.csv repeat a filename", None),
         (~meta.scene_label.isin(SCENES),
          f"rows of meta.csv have an unknown scene_label (known: {', '.join(SCENES)})", "scene_label"),
-        (parsed & meta.scene_label.isin(SCENES) & (names.scene != meta.scene_label),
+        (parsed & meta.scene_label.isin(SCENES) & _differ(names.scene, meta.scene_label),
          "rows of meta.csv have a scene_label that disagrees with the file name", "scene_label"),
-        (parsed & (names.device != meta.source_label),
+        (parsed & _differ(names.device, meta.source_label),
          "rows of meta.csv have a source_label (device) that disagrees with the file name", "source_label"),
-        (parsed & (names.city + "-" + names.location != meta.identifier),
+        (parsed & (_differ(names.city, _identifier_part(meta.identifier, 0))
+                   | _differ(names.location, _identifier_part(meta.identifier, 2))),
          "rows of meta.csv have an identifier that is not <city>-<location> of the file name", "identifier"),
-        (parsed & ~slices.between(0, SLICES_PER_RECORDING - 1),
+        (parsed & ~names.slice.between(0, SLICES_PER_RECORDING - 1),
          f"rows of meta.csv have a slice index outside 0..{SLICES_PER_RECORDING - 1}", None),
     ]
     return [describe(text, _flagged(meta, mask, detail)) for mask, text, detail in checks if mask.any()]
 
 
-def _fold_problems(meta: pd.DataFrame, folds: dict[str, pd.DataFrame], test: pd.DataFrame | None) -> list[str]:
+def _fold_rows(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
+    """Per fold file, the meta.csv row of each file it lists (-1: absent from meta.csv)."""
+    first = ~meta.filename.duplicated()
+    known, rows = pd.Index(meta.filename[first]), np.flatnonzero(first.to_numpy())
+    found = {fold: known.get_indexer(table.filename) for fold, table in tables.items()}
+    return {fold: np.where(found >= 0, rows[found], -1) for fold, found in found.items()}
+
+
+def _fold_problems(meta: pd.DataFrame, tables: dict[str, pd.DataFrame], rows: dict[str, np.ndarray]) -> list[str]:
     """Problems of the fold files: unknown or repeated names, labels contradicting meta.csv."""
     problems = []
-    labels = meta.drop_duplicates("filename").set_index("filename").scene_label
-    tables = {**folds, "test": test} if test is not None else folds
     for fold, table in tables.items():
         name = f"{SETUP_DIR}/{FOLD_FILES.get(fold, TEST_FILE)}"
         if table.empty and fold in FOLDS:
             problems.append(f"{name} lists no files")
-        known = table.filename.isin(labels.index)
+        known = rows[fold] >= 0
         checks = [(~known, f"files in {name} are absent from meta.csv", None),
                   (table.filename.duplicated(keep=False), f"rows of {name} repeat a filename", None)]
         if "scene_label" in table:
-            disagree = known & (table.filename.map(labels) != table.scene_label)
-            checks.append((disagree, f"rows of {name} have a scene_label that disagrees with meta.csv",
-                           "scene_label"))
+            expected = meta.scene_label.iloc[np.where(known, rows[fold], 0)].reset_index(drop=True)
+            checks.append((known & _differ(expected, table.scene_label),
+                           f"rows of {name} have a scene_label that disagrees with meta.csv", "scene_label"))
         problems += [describe(text, _flagged(table, mask, detail)) for mask, text, detail in checks if mask.any()]
-    both = sorted(set(folds["train"].filename) & set(folds["evaluate"].filename))
+    listed = [rows[fold][rows[fold] >= 0] for fold in FOLDS]
+    both = sorted(meta.filename.iloc[np.intersect1d(*listed)])
     if both:
         problems.append(describe(f"files are in both {FOLD_FILES['train']} and {FOLD_FILES['evaluate']}", both))
     return problems
@@ -168,28 +199,47 @@ def read_clips(root: Path) -> pd.DataFrame:
     """
     root = Path(root)
     meta = _read_table(root / META_FILE, META_COLUMNS)
-    folds = {fold: _read_table(root / SETUP_DIR / FOLD_FILES[fold], FOLD_COLUMNS) for fold in FOLDS}
-    test_path = root / SETUP_DIR / TEST_FILE
-    test = _read_table(test_path, ["filename"]) if test_path.exists() else None
-    names = meta.filename.str.extract(NAME_PATTERN)
-    problems = _meta_problems(meta, names) + _fold_problems(meta, folds, test)
+    tables = {fold: _read_table(root / SETUP_DIR / FOLD_FILES[fold], FOLD_COLUMNS) for fold in FOLDS}
+    if (root / SETUP_DIR / TEST_FILE).exists():
+        tables["test"] = _read_table(root / SETUP_DIR / TEST_FILE, ["filename"])
+    names = _parse_names(meta.filename)
+    rows = _fold_rows(meta, tables)
+    problems = _meta_problems(meta, names) + _fold_problems(meta, tables, rows)
     if problems:
         raise DatasetError(f"invalid dataset at {root}:\n  - " + "\n  - ".join(problems))
-    meta = pd.concat([meta, names.drop(columns=["scene", "device"])], axis=1).astype({"slice": int})
-    fold_of = pd.concat([table.filename.to_frame().assign(fold=fold) for fold, table in folds.items()])
-    clips = meta.merge(fold_of, on="filename").rename(columns={"source_label": "device"})
-    clips["fold"] = pd.Categorical(clips.fold, categories=FOLDS, ordered=True)
-    clips = clips.sort_values(["fold", "filename"]).astype({"fold": str})
-    return clips[CLIP_COLUMNS].reset_index(drop=True)
+    by_name = [rows[fold][meta.filename.iloc[rows[fold]].argsort(kind="stable").to_numpy()] for fold in FOLDS]
+    order = np.concatenate(by_name)
+    clips = pd.concat([meta.iloc[order].reset_index(drop=True),
+                       names.iloc[order].drop(columns=["scene", "device"]).reset_index(drop=True)], axis=1)
+    clips = clips.rename(columns={"source_label": "device"}).astype({"slice": int})
+    clips["fold"] = pd.Categorical.from_codes(np.repeat(np.arange(len(FOLDS)), [len(r) for r in by_name]),
+                                              categories=FOLDS)
+    return clips[CLIP_COLUMNS]
 
 
-def _probe_file(path: str) -> tuple[int, int, int, str]:
+def name_array(filenames: pd.Series) -> np.ndarray:
+    """File names as one array of UTF-8 bytes, what data-stage workers index into: a few tens
+    of bytes per file, where a list of Python strings takes about a hundred."""
+    chunks = [np.array([name.encode() for name in filenames.iloc[start:start + CHUNK_ROWS]], dtype=bytes)
+              for start in range(0, len(filenames), CHUNK_ROWS)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, "S1")
+
+
+def unreadable(error: Exception, path: str, name: str) -> str:
+    """Why the file at `path` could not be read, naming it by `name` (relative to the dataset
+    root): libsndfile's message quotes the absolute path, which must not reach the reports
+    (moving the dataset would change the store and re-run every later stage)."""
+    return f"unreadable: {str(error).replace(path, name)}"
+
+
+def _probe_file(root: str, name: str) -> tuple[int, int, int, str]:
     """(samplerate, channels, frames, problem) of one audio file; problem is '' if usable."""
+    path = os.path.join(root, name)
     try:
         with sf.SoundFile(path) as info:  # reads the header only; a quarter cheaper than sf.info
             rate, channels, frames, subtype = info.samplerate, info.channels, info.frames, info.subtype
     except RuntimeError as error:  # libsndfile: missing, truncated or not audio
-        return 0, 0, 0, "file not found" if not os.path.exists(path) else f"unreadable: {error}"
+        return 0, 0, 0, "file not found" if not os.path.exists(path) else unreadable(error, path, name)
     if subtype not in AUDIO_SUBTYPES:
         problem = f"unsupported sample format {subtype} (expected PCM WAV, e.g. 16- or 24-bit)"
     elif abs(frames / rate - CLIP_SECONDS) > DURATION_TOLERANCE:
@@ -199,20 +249,37 @@ def _probe_file(path: str) -> tuple[int, int, int, str]:
     return rate, channels, frames, problem
 
 
-def _probe_task(task: tuple[str, int, list[str]]) -> tuple[int, list[tuple[int, int, int, str]]]:
-    root, start, names = task
-    return start, [_probe_file(os.path.join(root, name)) for name in names]
+def _probe_task(task: tuple[int, int]) -> tuple[int, np.ndarray, list[tuple[int, str]]]:
+    """Headers of the shared file names [start, stop) -> (start, (n, 3) samplerate/channels/frames, problems)."""
+    start, stop = task
+    root, names = shared()
+    info = np.zeros((stop - start, 3), np.int64)
+    problems = []
+    for i, name in enumerate(names[start:stop]):
+        rate, channels, frames, problem = _probe_file(root, name.decode())
+        info[i] = rate, channels, frames
+        if problem:
+            problems.append((start + i, problem))
+    return start, info, problems
 
 
-def probe_audio(root: Path, filenames: Sequence[str], run: Runner) -> pd.DataFrame:
-    """Audio headers of `filenames` (samplerate, channels, frames, problem), in parallel."""
-    tasks = [(str(root), start, list(filenames[start:stop])) for start, stop in run.chunks(len(filenames))]
-    rows: list[Any] = [None] * len(filenames)
-    with tqdm(total=len(filenames), desc="check audio headers", unit="file", disable=None, mininterval=1) as bar:
-        for start, infos in run.imap(_probe_task, tasks):
-            rows[start:start + len(infos)] = infos
-            bar.update(len(infos))
-    return pd.DataFrame(rows, columns=["samplerate", "channels", "frames", "problem"])
+def probe_audio(root: Path, filenames: pd.Series, workers: int) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Audio headers (samplerate, channels, frames) of `filenames` on `workers` processes, and
+    the problems found {position in filenames: reason}."""
+    info = np.zeros((len(filenames), 3), np.int64)
+    problems: dict[int, str] = {}
+    with runner(workers, shared=(str(root), name_array(filenames))) as run, \
+            progress(total=len(filenames), desc="check audio headers", unit="file") as bar:
+        for start, block, found in run.imap(_probe_task, run.chunks(len(filenames))):
+            info[start:start + len(block)] = block
+            problems.update(found)
+            bar.update(len(block))
+    return pd.DataFrame(info, columns=["samplerate", "channels", "frames"]), problems
+
+
+def check_on_bad_file(on_bad_file: str) -> None:
+    if on_bad_file not in ON_BAD_FILE:
+        raise ParamsError(f"data.on_bad_file must be one of {', '.join(ON_BAD_FILE)}, got {on_bad_file!r}")
 
 
 def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, root: Path) -> list[dict[str, str]]:
@@ -220,11 +287,9 @@ def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, r
 
     Raises DatasetError naming them for 'error'; returns the skip list for 'skip'.
     """
-    if on_bad_file not in ON_BAD_FILE:
-        raise ValueError(f"data.on_bad_file must be one of {', '.join(ON_BAD_FILE)}, got {on_bad_file!r}")
-    rows = sorted(problems)
-    skipped = [{"filename": clips.filename.iat[row], "fold": clips.fold.iat[row], "reason": problems[row]}
-               for row in rows]
+    check_on_bad_file(on_bad_file)
+    skipped = [{"filename": clips.filename.iat[row], "fold": str(clips.fold.iat[row]), "reason": problems[row]}
+               for row in sorted(problems)]
     if skipped and on_bad_file == "error":
         names = [f"{item['filename']} ({item['reason']})" for item in skipped]
         raise DatasetError(f"{root}: " + describe(
@@ -233,12 +298,15 @@ def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, r
     return skipped
 
 
-def load_dataset(root: Path, run: Runner, on_bad_file: str = "error") -> Dataset:
-    """Validate metadata and audio headers of a dataset in TAU22 layout; see Dataset."""
+def load_dataset(root: Path, workers: int, on_bad_file: str = "error") -> Dataset:
+    """Validate metadata and audio headers of a dataset in TAU22 layout (headers read on
+    `workers` processes); see Dataset."""
+    check_on_bad_file(on_bad_file)
     root = Path(root)
     clips = read_clips(root)
-    info = probe_audio(root, clips.filename.tolist(), run)
-    bad = info.problem != ""
-    skipped = bad_files(clips, dict(zip(bad.index[bad], info.problem[bad])), on_bad_file, root)
-    clips = pd.concat([clips, info.drop(columns="problem")], axis=1)[~bad].reset_index(drop=True)
+    info, problems = probe_audio(root, clips.filename, workers)
+    skipped = bad_files(clips, problems, on_bad_file, root)
+    keep = np.ones(len(clips), bool)
+    keep[list(problems)] = False
+    clips = pd.concat([clips, info], axis=1)[keep].reset_index(drop=True)
     return Dataset(root, clips, skipped)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from mobileast.config import ParamsError
+from mobileast.config import ParamsError, params_errors
 
 from mobileast.models.cnn import PRESETS as CNN_PRESETS
 from mobileast.models.mobileast import PRESETS as STUDENT_PRESETS
@@ -83,21 +83,24 @@ def build_student(student_params: Mapping[str, Any], features: Mapping[str, Any]
     `preset: subN` takes that preset with the fields in `custom` replaced;
     `preset: custom` takes the MobileASTConfig defaults with `custom` applied. The input
     size follows from `features` (n_mels, sample_rate / hop_length); a `custom.input_size`
-    that disagrees with it is an error.
+    that disagrees with it is an error. Every error is a ParamsError naming the section
+    (and the input size, where the features give one the model cannot take).
     """
     name, custom = student_params["preset"], dict(student_params.get("custom") or {})
+    if name != "custom" and name not in STUDENT_PRESETS:
+        raise ParamsError(f"student.preset must be 'custom' or one of {', '.join(STUDENT_PRESETS)}, got {name!r}")
+    where = f"student (preset {name}, custom {custom})"
     if features is not None:
         derived = input_size(features)
         if "input_size" in custom and tuple(custom["input_size"]) != derived:
             raise ParamsError(f"student.custom.input_size {list(custom['input_size'])} disagrees with the features "
-                             f"({list(derived)} = features.n_mels, features.sample_rate / features.hop_length); "
-                             "leave it out: it follows from the features")
+                              f"({list(derived)} = features.n_mels, features.sample_rate / features.hop_length); "
+                              "leave it out: it follows from the features")
         custom["input_size"] = derived
-    if name == "custom":
-        return build_model("mobileast", custom)
-    if name not in STUDENT_PRESETS:
-        raise KeyError(f"student.preset must be 'custom' or one of {sorted(STUDENT_PRESETS)}, got {name!r}")
-    return build_preset(name, **custom)
+        where += (f" on the input {derived[0]} x {derived[1]} of the features (features.n_mels x "
+                  "features.sample_rate / features.hop_length)")
+    with params_errors(where):
+        return build_model("mobileast", custom) if name == "custom" else build_preset(name, **custom)
 
 
 __all__ = ["ARCHS", "PRESETS", "build_model", "build_preset", "build_student", "input_size", "make_config",
