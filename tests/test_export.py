@@ -41,6 +41,11 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# the student_train params the checkpoint carries (params.yaml says dkd alpha 1, beta 2, T 1)
+TRAINED_WITH = {"seed": 0, "distill": {"method": "dkd"}, "dkd": {"alpha": 5, "beta": 10, "T": 4},
+                "augment": {"mixup": {"enabled": True}, "noise": {"enabled": False}}}
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A trained-looking sub4 checkpoint, its int8 model from the quantize stage, and the stores."""
@@ -57,7 +62,7 @@ def project(tmp_path_factory):
     arch, config = model_spec(model)
     checkpoint = root / "student.pt"
     torch.save({"arch": arch, "config": config, "state_dict": model.state_dict(), "features": FEATURES,
-                "classes": list(SCENES), "input": "logmel"}, checkpoint)
+                "classes": list(SCENES), "input": "logmel", "params": TRAINED_WITH}, checkpoint)
     quant = {"calib_batches": 2, "batch_size": 4, "float_modules": [], "dynamic_modules": ["classifier"]}
     quantize.quantize_student(checkpoint, recordings, resampled, root / "student_int8.pt", quant, hop_s=0.5, seed=0)
     export(checkpoint, root / "student.onnx")
@@ -207,5 +212,15 @@ def test_submission_package(project, tmp_path, capsys):
     assert meta["submission"]["label"] == "Doe_XYZ_task1_1"
     assert meta["system"]["complexity"] == {"total_parameters": 66_114, "memory_use": complexity["param_memory_bytes"],
                                             "macs": complexity["macs"]}
-    assert meta["system"]["description"]["input_sampling_rate"] == "32kHz"
-    assert meta["pipeline_params"]["dkd"]["alpha"] == 1
+    description = meta["system"]["description"]
+    assert description["input_sampling_rate"] == "32kHz"
+    # what the model was trained with (carried from the checkpoint through the int8 and ONNX
+    # models), not today's params.yaml; the teacher, which the model does not know, from params.yaml
+    assert meta["pipeline_params"] == TRAINED_WITH and meta["pipeline_params_source"].startswith("the model")
+    assert description["knowledge_distillation"] == "DKD (alpha 5, beta 10, T 4) from a cnn teacher"
+    assert description["data_augmentation"] == "mixup"
+    assert description["quantization"] == "int8 post-training static quantization (onnxruntime, calibrated on 2 x 4 training crops)"
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    fallback = submit.metadata("x", {k: v for k, v in deploy.read_meta(project / "student_int8.pt").items() if k != "params"},
+                               complexity, params, None)
+    assert fallback["pipeline_params"] == params and fallback["pipeline_params_source"].startswith("params.yaml")

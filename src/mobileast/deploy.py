@@ -240,6 +240,8 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model.load_state_dict(ckpt["state_dict"])
     meta = {"features": ckpt["features"], "classes": list(ckpt["classes"]), "arch": ckpt["arch"],
             "config": ckpt["config"], "quantized": False, "input": ckpt.get("input", "logmel")}
+    if "params" in ckpt:  # the training stage's params (students of this pipeline), carried into deployed models
+        meta["params"] = ckpt["params"]
     return model.eval(), meta
 
 
