@@ -92,6 +92,7 @@ def runtimes(preset: str, bench, calib: list[torch.Tensor], scratch: Path) -> tu
             return ({"torch float": _torch_float(model, shape), "torch int8": load_deployed(root / "models/student_int8.pt")[0],
                      "ORT float": OnnxModel(onnx_float, threads=1),
                      "ORT int8": load_onnx(root / "models/student_int8.onnx", threads=1)[0]}, "trained", model)
+    torch.manual_seed(0)  # the same untrained weights in every run
     model = with_bn_statistics(build_preset(preset), calib)
     arch, config = model_spec(model)
     meta = {"features": {}, "classes": [], "arch": arch, "config": config}
