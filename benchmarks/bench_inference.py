@@ -41,8 +41,8 @@ from mobileast.data.crops import evaluate_clips
 from mobileast.deploy import OnnxModel, feature_args, frontend_for, load_checkpoint_model, load_deployed, load_onnx
 from mobileast.export import export_float
 from mobileast.models import build_preset, model_spec
-from mobileast.models.mobileast import PRESETS, MobileASTConfig, fold_bn, fused_attention
-from mobileast.quantize import calibration_batches, quantize_model, quantize_onnx
+from mobileast.models.mobileast import PRESETS, MobileASTConfig, deploy_form
+from mobileast.quantize import calibration_batches, quant_engine, quantize_model, quantize_onnx
 
 BATCHES = (1, 64)
 RUNTIMES = ("torch float", "torch int8", "ORT float", "ORT int8")
@@ -92,19 +92,20 @@ def runtimes(preset: str, bench, calib: list[torch.Tensor], scratch: Path) -> tu
             return ({"torch float": _torch_float(model, shape), "torch int8": load_deployed(root / "models/student_int8.pt")[0],
                      "ORT float": OnnxModel(onnx_float, threads=1),
                      "ORT int8": load_onnx(root / "models/student_int8.onnx", threads=1)[0]}, "trained", model)
+    torch.manual_seed(0)  # the same untrained weights in every run
     model = with_bn_statistics(build_preset(preset), calib)
     arch, config = model_spec(model)
     meta = {"features": {}, "classes": [], "arch": arch, "config": config}
     onnx_float, onnx_int8 = scratch / f"{preset}-float.onnx", scratch / f"{preset}-int8.onnx"
     export_float(model, meta, onnx_float)
-    quantize_onnx(onnx_float, onnx_int8, calib)
+    quantize_onnx(onnx_float, onnx_int8, calib, quant_engine())
     int8 = traced(quantize_model(model, calib, dynamic_modules=["classifier"]), shape)
     return ({"torch float": _torch_float(model, shape), "torch int8": int8, "ORT float": OnnxModel(onnx_float, threads=1),
              "ORT int8": OnnxModel(onnx_int8, threads=1)}, "BN statistics only", model)
 
 
 def _torch_float(model: nn.Module, shape: tuple[int, ...]) -> torch.jit.ScriptModule:
-    return torch.jit.optimize_for_inference(traced(fold_bn(fused_attention(model)), shape))
+    return torch.jit.optimize_for_inference(traced(deploy_form(model), shape))
 
 
 @torch.inference_mode()

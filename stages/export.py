@@ -1,8 +1,9 @@
-"""Stage export: models/student_int8.pt -> models/student_int8.onnx (int8 QDQ, quantized by
-onnxruntime on the same calibration crops, mobileast.export) and reports/export.json: its
-parameter memory counted from the ONNX initializers (it must equal the complexity
-report's figure, counted on the torch int8 model) and its top-1 agreement with the torch
-int8 and float models on the evaluate clips."""
+"""Stage export: models/student_int8.pt -> models/student_int8.onnx (int8 QDQ converted with
+the torch model's qparams on the same calibration crops, mobileast.export) and
+reports/export.json: its parameter memory counted from the ONNX initializers (it must
+equal the complexity report's figure, counted on the torch int8 model) and its top-1
+agreement with the torch int8 (target: at least 95 %) and float models on the evaluate
+clips (1 s each, so per clip is per file as `predict` sees them)."""
 from pathlib import Path
 
 from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
@@ -18,6 +19,7 @@ PARAMS: list[str] = []  # the calibration crops come from the int8 model's meta
 INT8 = Path("models/student_int8.pt")
 ONNX = Path("models/student_int8.onnx")
 REPORT = Path("reports/export.json")
+MIN_AGREEMENT = 0.95  # issue 13: predict gives the same scene with both int8 models on >= 95 % of evaluate clips
 
 
 def main() -> None:
@@ -33,13 +35,16 @@ def main() -> None:
                            "the student's features.sample_rate")
     frontend = frontend_for(meta)
     logmels = [frontend(batch.wave) for batch in clips.batches(256)]
+    with_torch = agreement(torch_int8, onnx_int8, logmels)
     report = {"param_memory_bytes": memory, "matches_complexity_report": memory == expected,
-              "evaluate_agreement_with_torch_int8": agreement(torch_int8, onnx_int8, logmels),
-              "evaluate_agreement_with_float": agreement(float_model, onnx_int8, logmels)}
+              "evaluate_agreement_with_torch_int8": with_torch,
+              "evaluate_agreement_with_float": agreement(float_model, onnx_int8, logmels),
+              "agreement_with_torch_int8_pass": with_torch["top1_agreement"] >= MIN_AGREEMENT}
     write_json(REPORT, report)
     print(f"export: {ONNX} ({memory:,} bytes of parameters, as the torch int8 model); top-1 agreement on "
-          f"{len(clips)} evaluate clips: {100 * report['evaluate_agreement_with_torch_int8']['top1_agreement']:.1f} % "
-          f"with torch int8, {100 * report['evaluate_agreement_with_float']['top1_agreement']:.1f} % with float")
+          f"{len(clips)} evaluate clips: {100 * with_torch['top1_agreement']:.1f} % with torch int8 "
+          f"({'at least' if report['agreement_with_torch_int8_pass'] else 'BELOW'} {100 * MIN_AGREEMENT:.0f} %), "
+          f"{100 * report['evaluate_agreement_with_float']['top1_agreement']:.1f} % with float")
 
 
 if __name__ == "__main__":

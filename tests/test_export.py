@@ -41,6 +41,11 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# the student_train params the checkpoint carries (params.yaml says dkd alpha 1, beta 2, T 1)
+TRAINED_WITH = {"seed": 0, "distill": {"method": "dkd"}, "dkd": {"alpha": 5, "beta": 10, "T": 4},
+                "augment": {"mixup": {"enabled": True}, "noise": {"enabled": False}}}
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A trained-looking sub4 checkpoint, its int8 model from the quantize stage, and the stores."""
@@ -57,7 +62,7 @@ def project(tmp_path_factory):
     arch, config = model_spec(model)
     checkpoint = root / "student.pt"
     torch.save({"arch": arch, "config": config, "state_dict": model.state_dict(), "features": FEATURES,
-                "classes": list(SCENES), "input": "logmel"}, checkpoint)
+                "classes": list(SCENES), "input": "logmel", "params": TRAINED_WITH}, checkpoint)
     quant = {"calib_batches": 2, "batch_size": 4, "float_modules": [], "dynamic_modules": ["classifier"]}
     quantize.quantize_student(checkpoint, recordings, resampled, root / "student_int8.pt", quant, hop_s=0.5, seed=0)
     export(checkpoint, root / "student.onnx")
@@ -75,21 +80,57 @@ def test_float_onnx_computes_the_float_model(project):
 
 
 def test_int8_onnx_follows_the_torch_int8_model(project):
+    """Converted, not re-calibrated: the same scales, the same int8 weights, near-identical logits."""
     onnx_int8, meta = deploy.load_model_any(project / "student_int8.onnx")
     torch_int8, torch_meta = deploy.load_deployed(project / "student_int8.pt")
-    model, _ = deploy.load_checkpoint_model(project / "student.pt")
     inputs = [varied_inputs(64, torch.Generator().manual_seed(s)) for s in (7, 8)]
     with_torch = quantize.agreement(torch_int8, onnx_int8, inputs)
-    with_float = quantize.agreement(model, onnx_int8, inputs)
-    torch_with_float = quantize.agreement(model, torch_int8, inputs)
-    assert with_torch["top1_agreement"] >= 0.85 and with_float["top1_agreement"] >= 0.85, (with_torch, with_float)
-    # as close to the float model as the torch int8 model is (calibrated on other audio than these inputs)
-    assert with_float["logit_correlation"] > torch_with_float["logit_correlation"] - 0.03, (with_float, torch_with_float)
+    # measured: top-1 1.0, logit correlation 0.9995 (the int8 kernels round differently)
+    assert with_torch["top1_agreement"] >= 0.95 and with_torch["logit_correlation"] > 0.995, with_torch
     assert meta["quantized"] and meta["onnx_quantization"]["format"] == "QDQ"
     assert meta["calibration"] == torch_meta["calibration"]  # the same calibration crops
     import onnx
-    ops = {node.op_type for node in onnx.load(str(project / "student_int8.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Softmax"} <= ops
+    from onnx import numpy_helper
+    graph = onnx.load(str(project / "student_int8.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consumers = {i: n for n in graph.node for i in n.input}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    torch_convs = [m for m in torch_int8.modules() if m.original_name in ("Conv2d", "ConvReLU2d")]  # graph order
+    assert len(convs) == len(torch_convs) == 7
+    for conv, torch_conv in zip(convs, torch_convs):
+        out = consumers[conv.output[0]]  # ReLU folded: the output's QuantizeLinear
+        assert out.op_type == "QuantizeLinear"
+        assert inits[out.input[1]] == pytest.approx(torch_conv.scale, rel=0.02)
+        assert abs(int(inits[out.input[2]]) - torch_conv.zero_point) <= 1
+        dq = next(n for n in graph.node if n.output[0] == conv.input[1])
+        torch.testing.assert_close(torch.from_numpy(inits[dq.input[0]].astype(np.int64)),
+                                   torch_conv._c.getattr("_packed_params").unpack()[0].int_repr().long())  # the same int8 weights
+    ops = [n.op_type for n in graph.node]
+    assert "Attention" in ops and "Softmax" not in ops and "Transpose" not in {
+        n.op_type for n in graph.node if "attn" in n.name}
+    assert graph.output[0].name == "logits" and "DequantizeLinear" not in {
+        n.op_type for n in graph.node if "logits" in n.output}  # float logits, like the dynamic classifier
+
+
+def test_predict_agrees_on_files_with_torch_and_onnx_int8(project, tmp_path):
+    """The acceptance check of issue 13 on a small scale: `predict` on WAV files (varied
+    spectra and levels) gives the same scene with both int8 models. Measured: 48 of 48."""
+    rng = np.random.default_rng(3)
+    freqs = np.fft.rfftfreq(32000, 1 / 32000)
+    files = []
+    for i in range(48):
+        spectrum = np.fft.rfft(rng.standard_normal(32000)) * (1 + freqs / 1000) ** rng.uniform(-2, 1)
+        wave = np.fft.irfft(spectrum) + rng.uniform(0, 3) * np.sin(2 * np.pi * rng.uniform(50, 4000) * np.arange(32000) / 32000)
+        files.append(tmp_path / f"clip{i}.wav")
+        sf.write(files[-1], 0.3 * wave / np.abs(wave).max() * rng.uniform(0.05, 1), 32000)
+    labels = {}
+    for name in ("student_int8.pt", "student_int8.onnx"):
+        model, meta = deploy.load_model_any(project / name)
+        frontend = deploy.frontend_for(meta)
+        labels[name] = [predict_file(f, model, frontend, meta)["label"] for f in files]
+    same = np.mean([a == b for a, b in zip(labels["student_int8.pt"], labels["student_int8.onnx"])])
+    assert len(set(labels["student_int8.pt"])) >= 3  # the files are told apart
+    assert same >= 0.95, same
 
 
 def test_onnx_parameter_memory_equals_the_torch_count(project):
@@ -171,5 +212,15 @@ def test_submission_package(project, tmp_path, capsys):
     assert meta["submission"]["label"] == "Doe_XYZ_task1_1"
     assert meta["system"]["complexity"] == {"total_parameters": 66_114, "memory_use": complexity["param_memory_bytes"],
                                             "macs": complexity["macs"]}
-    assert meta["system"]["description"]["input_sampling_rate"] == "32kHz"
-    assert meta["pipeline_params"]["dkd"]["alpha"] == 1
+    description = meta["system"]["description"]
+    assert description["input_sampling_rate"] == "32kHz"
+    # what the model was trained with (carried from the checkpoint through the int8 and ONNX
+    # models), not today's params.yaml; the teacher, which the model does not know, from params.yaml
+    assert meta["pipeline_params"] == TRAINED_WITH and meta["pipeline_params_source"].startswith("the model")
+    assert description["knowledge_distillation"] == "DKD (alpha 5, beta 10, T 4) from a cnn teacher"
+    assert description["data_augmentation"] == "mixup"
+    assert description["quantization"] == "int8 post-training static quantization (onnxruntime, calibrated on 2 x 4 training crops)"
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    fallback = submit.metadata("x", {k: v for k, v in deploy.read_meta(project / "student_int8.pt").items() if k != "params"},
+                               complexity, params, None)
+    assert fallback["pipeline_params"] == params and fallback["pipeline_params_source"].startswith("params.yaml")

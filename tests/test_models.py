@@ -213,15 +213,33 @@ def test_ex_taps_widen_the_classifier():
 
 
 @pytest.mark.parametrize("name", ["sub1", "sub4"])
-def test_fused_attention_is_the_same_function(name):
-    """Deployment form: F.scaled_dot_product_attention instead of matmul/softmax/matmul."""
-    from mobileast.models.mobileast import Attention, fused_attention
+def test_deploy_form_is_the_same_function(name):
+    """Deployment form: BN folded, tokens as a matrix, q|k|v stacked, one scaled_dot_product_attention."""
+    from mobileast.models.mobileast import FusedAttention, deploy_form
     torch.manual_seed(0)
-    model = fold_bn(build_preset(name))
-    fused = fused_attention(model)
-    assert all(m.fused for m in fused.modules() if isinstance(m, Attention))
-    assert not any(m.fused for m in model.modules() if isinstance(m, Attention))
-    assert fused.state_dict().keys() == model.state_dict().keys()
+    model = build_preset(name).eval()
+    deployed = deploy_form(model)
+    attns = {n: m for n, m in model.named_modules() if isinstance(m, Attention)}
+    fused = {n: m for n, m in deployed.named_modules() if isinstance(m, FusedAttention)}
+    assert fused.keys() == attns.keys() and not any(isinstance(m, Attention) for m in deployed.modules())
+    for n, attn in attns.items():
+        assert torch.equal(fused[n].qkv.weight, torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
     x = torch.randn(3, 1, 256, 64)
     with torch.no_grad():
-        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in fold_bn(model).parameters())
+
+
+def test_fused_attention_matches_slow_reference():
+    """On the (B*P*N, d) token matrix, as the deploy form runs it."""
+    from mobileast.models.mobileast import FusedAttention
+    torch.manual_seed(0)
+    attn = Attention(dim=16, heads=4, seq_shape=(3, 5))
+    for lin in (attn.q, attn.k, attn.v, attn.proj):
+        torch.nn.init.normal_(lin.weight, std=0.5)
+    torch.nn.init.normal_(attn.proj.bias)
+    x = torch.randn(2, 3, 5, 16)
+    with torch.no_grad():
+        out = FusedAttention(attn)(x.reshape(-1, 16))
+    assert_close(out, _slow_attention(attn, x).reshape(-1, 16), rtol=1e-4, atol=1e-5)

@@ -137,3 +137,30 @@ def test_python_dash_m_entry_point(tmp_path, model_path):
                            "--json", str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["files"][0]["label"] in CLASSES
+
+
+def onnx_model(path, op: str, input_shape: list[int]) -> None:
+    """A one-op ONNX model with the deployed meta, for onnxruntime's failure paths."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node(op, ["logmel"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("logmel", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = deploy.META_FILE, json.dumps({"features": FEATURES, "classes": CLASSES})
+    onnx.save(proto, str(path))
+
+
+def test_onnxruntime_errors_name_the_model(tmp_path, capsys):
+    sf.write(tmp_path / "a.wav", tone(1.0, RATE), RATE)
+    onnx_model(tmp_path / "unknown_op.onnx", "NoSuchOp", [None, 1, 30, 64])
+    assert predict.main(["--model", str(tmp_path / "unknown_op.onnx"), str(tmp_path / "a.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'unknown_op.onnx'}: onnxruntime cannot load this model (" in err
+    assert "Traceback" not in err
+    onnx_model(tmp_path / "other_input.onnx", "Identity", [1, 1, 30, 32])  # loads, rejects the 1 s log-mel
+    assert predict.main(["--model", str(tmp_path / "other_input.onnx"), str(tmp_path / "a.wav")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'other_input.onnx'}: onnxruntime failed on input (1, 1, 30, 64) (" in err

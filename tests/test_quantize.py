@@ -18,7 +18,7 @@ from mobileast.data.crops import RecordingCrops
 from mobileast.deploy import load_deployed
 from mobileast.features import LogMel
 from mobileast.models import build_preset, model_spec
-from mobileast.models.mobileast import PRESETS, fold_bn
+from mobileast.models.mobileast import PRESETS, deploy_form, fold_bn
 from test_crops import make_clip_store, make_recordings_store
 
 FEATURES = {"sample_rate": 32000, "n_fft": 2048, "win_length": 2000, "hop_length": 500, "n_mels": 256}
@@ -96,21 +96,38 @@ def test_converted_model_is_int8_with_fusions(sub2, sub2_int8):
         ffn = f"blocks.vit.transformer.{layer}.ffn"
         assert type(modules[f"{ffn}.fc1"]) is nniq.LinearReLU  # Linear + ReLU fused
         assert type(modules[f"{ffn}.fc2"]) is nnq.Linear
-        assert type(modules[f"blocks.vit.transformer.{layer}.norm1"]) is nnq.LayerNorm
+        # float between a dequantize and a quantize: faster than x86's int8 LayerNorm
+        assert type(modules[f"blocks.vit.transformer.{layer}.norm1"]) is nn.LayerNorm
     sdpa = [n for n in sub2_int8.graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention]
     assert len(sdpa) == 2  # the fused attention core of both layers, in float between int8 Linears
     assert type(modules["classifier"]) is nnqd.Linear
 
 
+@pytest.mark.parametrize("engine, weight_max", [("x86", 64), ("qnnpack", 127)])
+def test_observers_by_engine(engine, weight_max):
+    """Full 8-bit activations; on x86 7-bit weights, so u8*s8 pair sums fit int16 (no VNNI
+    saturation): 2 * 255 * 64 <= 32767."""
+    qc = quantize.qconfig(engine)
+    activation = qc.activation()
+    activation(torch.linspace(-1, 3, 1000))
+    assert (activation.quant_min, activation.quant_max) == (0, 255)
+    weight = torch.randn(8, 5)
+    observer = qc.weight()
+    observer(weight)
+    q = torch.quantize_per_channel(weight, *observer.calculate_qparams(), 0, torch.qint8).int_repr()
+    assert q.abs().max() == weight_max
+    assert engine != "x86" or 2 * 255 * weight_max <= 32767
+
+
 def test_module_patterns():
-    model = build_preset("sub4")
+    model = deploy_form(build_preset("sub4"))  # patterns name modules of the deploy form
     layers = [f"blocks.vit.transformer.{i}" for i in (0, 1)]
     assert quantize.select_modules(model, ["attn"]) == [f"{x}.attn" for x in layers]
     assert quantize.select_modules(model, ["norm*"]) == [f"{x}.{n}" for x in layers for n in ("norm1", "norm2")]
     assert quantize.select_modules(model, ["transformer", "attn", "blocks.vit.transformer.1.ffn.fc1"]) == \
         ["blocks.vit.transformer"]  # outermost only
     assert quantize.select_modules(model, ["blocks.vit.proj"]) == ["blocks.vit.proj"]
-    assert quantize.select_modules(model, ["*.attn.softmax"]) == [f"{x}.attn.softmax" for x in layers]
+    assert quantize.select_modules(model, ["*.attn.core"]) == [f"{x}.attn.core" for x in layers]
     assert quantize.select_modules(model, []) == []
     with pytest.raises(ValueError, match="'atn' matches no submodule"):
         quantize.select_modules(model, ["atn"])
@@ -118,7 +135,7 @@ def test_module_patterns():
     with pytest.raises(ValueError, match="only nn.Linear"):
         quantize.dynamic_module_names(model, ["ffn"])
     with pytest.raises(ValueError, match="both float and dynamically"):
-        quantize.qconfig_mapping(["classifier"], ["classifier"])
+        quantize.qconfig_mapping("x86", ["classifier"], ["classifier"])
 
 
 def test_float_modules_stay_float(sub2, calib):
@@ -129,8 +146,7 @@ def test_float_modules_stay_float(sub2, calib):
     modules = dict(q.named_modules())
     for layer in ("0", "1"):
         attn = f"blocks.vit.transformer.{layer}.attn"
-        assert all(type(modules[f"{attn}.{p}"]) is nn.Linear for p in ("q", "k", "v", "proj"))
-        assert f"{attn}.softmax" not in modules  # the fused attention core does not call it
+        assert all(type(modules[f"{attn}.{p}"]) is nn.Linear for p in ("qkv", "proj"))  # the deploy form's
         assert type(modules[f"blocks.vit.transformer.{layer}.ffn.fc1"]) is nniq.LinearReLU
     targets = [n.target for n in q.graph.nodes]
     assert targets.count(torch.nn.functional.scaled_dot_product_attention) == 2

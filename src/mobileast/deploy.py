@@ -175,7 +175,9 @@ def load_deployed(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, A
 
 
 class OnnxModel(nn.Module):
-    """An ONNX model run by onnxruntime (CPU) behind the nn.Module call: logmel -> logits."""
+    """An ONNX model run by onnxruntime (CPU) behind the nn.Module call: logmel -> logits.
+    onnxruntime's errors (a graph it cannot load, an input it rejects) come out as
+    ValueError naming the model file, as for the other model formats."""
 
     def __init__(self, path: str | Path, threads: int = 0):
         super().__init__()
@@ -184,12 +186,19 @@ class OnnxModel(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise ValueError(f"{path}: onnxruntime cannot load this model ({_first_line(e)})") from e
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().cpu().numpy().astype("float32", copy=False)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        try:
+            return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        except Exception as e:
+            raise ValueError(f"{self.path}: onnxruntime failed on input {tuple(array.shape)} ({_first_line(e)})") from e
 
 
 def load_onnx(path: str | Path, threads: int = 0) -> tuple[OnnxModel, dict[str, Any]]:
@@ -231,6 +240,8 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model.load_state_dict(ckpt["state_dict"])
     meta = {"features": ckpt["features"], "classes": list(ckpt["classes"]), "arch": ckpt["arch"],
             "config": ckpt["config"], "quantized": False, "input": ckpt.get("input", "logmel")}
+    if "params" in ckpt:  # the training stage's params (students of this pipeline), carried into deployed models
+        meta["params"] = ckpt["params"]
     return model.eval(), meta
 
 

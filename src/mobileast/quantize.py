@@ -12,32 +12,34 @@ Choices:
   "fbgemm"), "qnnpack" on ARM, where the x86 engine does not exist. It is recorded in
   the model's meta ("quant_engine"); mobileast.deploy loads a model with its engine and
   refuses, naming both, a host whose PyTorch lacks it.
-- Weights: qint8, symmetric, per output channel, MinMax observer. Activations: quint8,
-  per tensor, histogram observer (minimises the quantization error, robust to
-  outliers), range 0..127 (`reduce_range`): x86 int8 kernels without VNNI sum pairs
-  of u8*s8 products in int16, which can saturate at full 8-bit range; 7-bit
-  activations rule that out on every x86 CPU.
-- SiLU (sub1) has no int8 kernel: each SiLU runs in float between a dequantize and
-  a quantize. ReLU fuses into the preceding conv/Linear.
-- Attention core: quantized in its fused deployment form (`fused_attention`): one
-  float F.scaled_dot_product_attention between int8 q/k/v and proj Linears (FX puts
-  dequantize/quantize around it). The unfused int8 chain ran quantized.matmul (on x86:
-  dequantize -> float bmm -> quantize), a requantizing scale and softmax (dequantize ->
-  softmax -> quantize) on the (B, P, h, N, N) scores: no int8 arithmetic, only
-  conversions, and at batch 64 tens of MB of fresh memory per layer. Measured (1 thread,
-  benchmarks/bench_inference.py): int8 went from slower than float at batch 64 to about
-  half its time, and gained at batch 1 too.
-- Softmax output uses fixed qparams (scale 1/256 over [0, 1)), as the x86 backend
-  requires for nn.Softmax (only an unfused Attention still runs one).
-- Partial quantization: `float_modules` are patterns naming submodules kept in float
-  (qconfig None; FX puts dequantize/quantize around them). A pattern matches a
-  module's qualified name (`blocks.vit.transformer.0.attn`) exactly, or any name
-  ending in "." + pattern, with fnmatch wildcards: "attn" = every attention module,
-  "norm*" = every LayerNorm of the transformer, "softmax", "transformer" = the whole
-  transformer, "blocks.vit" = the MobileViT block. Their children stay float too.
-  Measured on demo-trained sub1/sub2, keeping attention, softmax, LayerNorms or the
-  whole transformer in float changed neither accuracy nor agreement with the float
-  model and cost 25-50 kB, so by default everything is int8.
+- Weights: qint8, symmetric, per output channel, MinMax observer; on x86 7-bit
+  (-64..63): x86 int8 kernels without VNNI sum pairs of u8*s8 products in int16, which
+  saturates for 8-bit weights and activations; 7-bit weights rule that out on every x86
+  CPU (onnxruntime's advice too). qnnpack has no such limit: 8-bit. Activations:
+  quint8 0..255, per tensor, histogram observer (minimises the quantization error,
+  robust to outliers). Measured on the demo sub1 student (890 evaluate clips), 7-bit
+  weights with 8-bit activations instead of the reverse raised top-1 agreement with the
+  float model from 97.0 to 98.1 % and accuracy from 43.8 to 44.6 % (float 44.3 %).
+- The model is quantized in its deploy form (mobileast.models.mobileast.deploy_form:
+  BN folded, tokens as a matrix, q|k|v as one Linear, one scaled_dot_product_attention).
+  The attention core (`AttentionCore`: head split, attention, head merge) stays float:
+  one dequantize of the qkv output, one quantize before the output projection. An int8
+  core has no int8 arithmetic on x86 (quantized matmul and softmax dequantize, compute in
+  float and quantize), only conversions and copies.
+- LayerNorm stays float between a dequantize and a quantize (`_float_layer_norms`): the
+  x86 int8 LayerNorm computes the same in float internally and is slower (76 vs 24 us
+  with its dequantize and quantize at d = 48, batch 1).
+- SiLU (sub1) has no int8 kernel in PyTorch: each SiLU runs in float between a
+  dequantize and a quantize (11 of them in sub1; about 17 % of its int8 time). ReLU
+  fuses into the preceding conv/Linear.
+- Partial quantization: `float_modules` are patterns naming submodules of the deploy
+  form kept in float (qconfig None; FX puts dequantize/quantize around them). A pattern
+  matches a module's qualified name (`blocks.vit.transformer.0.attn`) exactly, or any
+  name ending in "." + pattern, with fnmatch wildcards: "attn" = every attention module,
+  "qkv", "transformer" = the whole transformer, "blocks.vit" = the MobileViT block.
+  Their children stay float too. Measured on demo-trained sub1/sub2, keeping attention,
+  LayerNorms or the whole transformer in float changed neither accuracy nor agreement
+  with the float model and cost 25-50 kB, so by default everything is int8.
 - `dynamic_modules`: patterns naming nn.Linear layers quantized dynamically: int8
   weights (same memory), input quantized per batch at run time, float output. Used
   for the classifier by default: statically quantized logits have only 128 levels,
@@ -46,27 +48,28 @@ Choices:
   0.90/0.93/0.88/0.93 to 0.92/0.97/0.96/0.96 (sub1..sub4), at no memory cost.
 - Calibration data: log-mels of random 1 s crops of the train recordings on the
   teacher-logit crop grid, chosen by the seed (`calibration_batches`).
+- ONNX (`quantize_onnx`): the same model in onnxruntime's QDQ format, converted with the
+  qparams torch's observers choose on the same crops, so that both int8 models agree.
 """
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import itertools
-import logging
 import math
 import platform
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.ao.quantization import QConfig, QConfigMapping, per_channel_dynamic_qconfig
-from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
-                                           PerChannelMinMaxObserver)
+from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from mobileast.complexity import LIMIT_PARAM_MEMORY_BYTES, param_memory_bytes
@@ -74,7 +77,7 @@ from mobileast.config import params_errors
 from mobileast.data.crops import evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model, load_deployed, save_deployed
 from mobileast.features import LogMel
-from mobileast.models.mobileast import fold_bn, fused_attention
+from mobileast.models.mobileast import AttentionCore, deploy_form
 
 ENGINES = {"x86_64": "x86", "amd64": "x86", "aarch64": "qnnpack", "arm64": "qnnpack"}  # platform.machine()
 
@@ -87,15 +90,17 @@ def quant_engine(machine: str | None = None) -> str:
     return ENGINES[machine]
 
 
-QCONFIG = QConfig(
-    activation=HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127),
-    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
-)
-SOFTMAX_QCONFIG = QConfig(
-    activation=FixedQParamsObserver.with_args(scale=1.0 / 256, zero_point=0, dtype=torch.quint8,
-                                              quant_min=0, quant_max=255),
-    weight=QCONFIG.weight,
-)
+def qconfig(engine: str) -> QConfig:
+    """Observers for `engine` (see the module docstring): uint8 activations per tensor
+    (histogram), int8 weights per output channel (symmetric MinMax), 7-bit on x86."""
+    weight_bound = 64 if engine == "x86" else 128
+    return QConfig(
+        activation=HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255),
+        weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                  quant_min=-weight_bound, quant_max=weight_bound - 1),
+    )
+
+
 # Warnings FX quantization emits on every use (deprecation notices), and the tracer's
 # note that a quantized graph's scales and zero points become constants (they are).
 _EXPECTED_WARNINGS = (
@@ -139,13 +144,14 @@ def dynamic_module_names(model: nn.Module, patterns: Iterable[str]) -> list[str]
     return names
 
 
-def qconfig_mapping(float_names: Sequence[str] = (), dynamic_names: Sequence[str] = ()) -> QConfigMapping:
-    """The QConfigMapping: QCONFIG everywhere, fixed qparams for softmax, None (float)
-    for the `float_names` submodules, dynamic int8 for the `dynamic_names` Linears."""
+def qconfig_mapping(engine: str, float_names: Sequence[str] = (), dynamic_names: Sequence[str] = ()) -> QConfigMapping:
+    """The QConfigMapping: `qconfig(engine)` everywhere, None (float) for the attention
+    cores, the LayerNorms and the `float_names` submodules, dynamic int8 for the
+    `dynamic_names` Linears."""
     both = set(float_names) & set(dynamic_names)
     if both:
         raise ValueError(f"modules both float and dynamically quantized: {sorted(both)}")
-    mapping = QConfigMapping().set_global(QCONFIG).set_object_type(nn.Softmax, SOFTMAX_QCONFIG)
+    mapping = QConfigMapping().set_global(qconfig(engine)).set_object_type(AttentionCore, None).set_object_type(nn.LayerNorm, None)
     for name in float_names:
         mapping.set_module_name(name, None)
     for name in dynamic_names:
@@ -158,19 +164,44 @@ def quantize_model(model: nn.Module, calib_inputs: Iterable[torch.Tensor], float
     """int8 copy of a float model taking log-mels (B, 1, n_mels, frames), calibrated on
     `calib_inputs` (float batches of the model's input); `model` is left unchanged.
     `float_modules`, `dynamic_modules`: name patterns, see the module docstring."""
-    model = fused_attention(model)  # an eval-mode copy
+    model = deploy_form(model)  # an eval-mode copy
     batches = iter(calib_inputs)
     first = next(batches, None)
     if first is None:
         raise ValueError("quantize_model: no calibration batches")
-    torch.backends.quantized.engine = quant_engine()
-    mapping = qconfig_mapping(select_modules(model, float_modules), dynamic_module_names(model, dynamic_modules))
+    engine = torch.backends.quantized.engine = quant_engine()
+    mapping = qconfig_mapping(engine, select_modules(model, float_modules), dynamic_module_names(model, dynamic_modules))
     with _quiet():
         prepared = prepare_fx(model, mapping, example_inputs=(first,))
         with torch.no_grad():
             for x in (first, *batches):
                 prepared(x)
-        return convert_fx(prepared)
+        return _float_layer_norms(convert_fx(prepared), model)
+
+
+def _float_layer_norms(qmodel: torch.fx.GraphModule, model: nn.Module) -> torch.fx.GraphModule:
+    """Put the float LayerNorms of `model` back where convert_fx lowered them to int8.
+
+    Its lowering turns every dequantize -> LayerNorm -> quantize into the int8 kernel,
+    whatever the LayerNorm's qconfig; on x86 that kernel is slower than the float
+    LayerNorm with its dequantize and quantize (76 vs 24 us at d = 48, batch 1), so the
+    LayerNorm runs float between them, with the same output scale and zero point.
+    """
+    graph = qmodel.graph
+    for node in list(graph.nodes):
+        if node.op != "call_module" or type(qmodel.get_submodule(node.target)) is not nnq.LayerNorm:
+            continue
+        lowered = qmodel.get_submodule(node.target)
+        parent, _, name = node.target.rpartition(".")
+        setattr(qmodel.get_submodule(parent), name, model.get_submodule(node.target))
+        with graph.inserting_before(node):
+            node.args = (graph.call_method("dequantize", (node.args[0],)),)
+        with graph.inserting_after(node):
+            quantized = graph.call_function(torch.quantize_per_tensor, (node, float(lowered.scale),
+                                                                        int(lowered.zero_point), torch.quint8))
+        node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
+    qmodel.recompile()
+    return qmodel
 
 
 def calibration_batches(recordings: str | Path, resampled: str | Path, features: Mapping[str, Any],
@@ -230,9 +261,10 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     the fold (all of it when it is smaller; the evaluate stage scores the whole fold).
     """
     model, meta = load_checkpoint_model(checkpoint)
+    deployed_float = deploy_form(model)
     with params_errors("section 'quant'"):
-        parts = {"float_modules": select_modules(model, quant["float_modules"]),
-                 "dynamic_modules": dynamic_module_names(model, quant["dynamic_modules"])}
+        parts = {"float_modules": select_modules(deployed_float, quant["float_modules"]),
+                 "dynamic_modules": dynamic_module_names(deployed_float, quant["dynamic_modules"])}
     n_batches, batch_size = int(quant["calib_batches"]), int(quant["batch_size"])
     calib = calibration_batches(recordings, resampled, meta["features"], n_batches, batch_size, hop_s, seed)
     qmodel = quantize_model(model, calib, **parts)
@@ -245,7 +277,7 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
     frontend = frontend_for(meta)
     inputs = (frontend(batch.wave) for batch in itertools.islice(clips.batches(batch_size), 0, None, step))
     memory = param_memory_bytes(deployed)
-    return {"param_memory_bytes": memory, "param_memory_bytes_float32": param_memory_bytes(fold_bn(model)),
+    return {"param_memory_bytes": memory, "param_memory_bytes_float32": param_memory_bytes(deployed_float),
             "param_memory_pass": memory <= LIMIT_PARAM_MEMORY_BYTES, **parts,
             "evaluate_agreement": agreement(model, deployed, inputs)}
 
@@ -261,63 +293,151 @@ def file_md5(path: str | Path) -> str:
 
 # ------------------------------------------------------------------ ONNX (onnxruntime)
 
-ONNX_FLOAT_OPS = ("Softmax", "Mul")  # with the activation x activation MatMuls: the attention core
+# What the torch int8 model computes in int8, as ONNX ops (mobileast.export's graph):
+# convs and Linears (Gemm; ReLU folds into them), residual adds, concatenation, max pool
+# and the reshapes/transposes of the patch unfold/fold. LayerNorm, SiLU (Sigmoid, Mul)
+# and the attention core (Split, Attention) stay float between a dequantize and a
+# quantize, as in torch.
+ONNX_INT8_OPS = ("Conv", "Gemm", "Relu", "Add", "Concat", "MaxPool", "Reshape", "Transpose")
+# Ops whose output torch keeps at its input's scale and zero point (one shared observer).
+ONNX_SHARED_QPARAMS_OPS = ("MaxPool", "Reshape", "Transpose", "ReduceMean")
 
 
-def quantize_onnx(float_path: str | Path, out: str | Path, calib_inputs: Iterable[torch.Tensor]) -> dict[str, Any]:
-    """Static int8 quantization of a float ONNX model (mobileast.export) with onnxruntime, to `out`:
-    the counterpart of `quantize_model`: QDQ format, int8 weights per output channel,
-    uint8 activations calibrated (MinMax) on the same log-mel batches as the torch PTSQ,
-    the attention core (QK^T, softmax, the scale, AV) kept float as in the torch model,
-    float logits (the classifier's output is not quantized, like the torch model's
-    dynamic classifier). Returns what was kept float.
-
-    Measured here (1 thread): keeping the attention core float made the int8 model as
-    fast as the float one instead of 1.5-2x slower (QLinearSoftmax alone took half the time).
+def quantize_onnx(float_path: str | Path, out: str | Path, calib_inputs: Iterable[torch.Tensor],
+                  engine: str) -> dict[str, Any]:
+    """The int8 ONNX counterpart of `quantize_model` (QDQ format), converted rather than
+    re-calibrated: a float ONNX model of the same deploy form (mobileast.export) gets the
+    activation qparams torch's observers of `qconfig(engine)` choose on the same
+    calibration batches (`activation_qparams`) and torch's int8 weights
+    (`snap_weights`); int8 where torch runs int8 (ONNX_INT8_OPS), float logits (the
+    torch classifier is dynamic: float output). onnxruntime writes the graph
+    (quantize_static with the qparams as TensorQuantOverrides and its own calibration
+    skipped). Returns what it quantized.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, name: str):
-            self.batches, self.name = iter(calib_inputs), name
-
-        def get_next(self) -> dict[str, Any] | None:
-            x = next(self.batches, None)
-            return None if x is None else {self.name: x.numpy()}
 
     with tempfile.TemporaryDirectory(prefix="quantize_onnx-") as scratch:
         work = Path(scratch)
-        prepared = work / "prepared.onnx"
+        prepared, cache = work / "prepared.onnx", work / "ranges.json"
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared)).graph
-        constants = {init.name for init in graph.initializer}
-        keep_float = [node.name for node in graph.node if node.op_type in ONNX_FLOAT_OPS
-                      or (node.op_type == "MatMul" and not any(i in constants for i in node.input))]
-        with _without_per_channel_fallback_warnings():
-            quantize_static(str(prepared), str(out), Reader(graph.input[0].name),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            nodes_to_exclude=keep_float,
-                            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
-    return {"float_nodes": len(keep_float)}
+        model = onnx.load(str(prepared))
+        qparams, ranges = activation_qparams(model, calib_inputs, engine)
+        qparams.update(snap_weights(model.graph, engine))
+        onnx.save(model, str(prepared))
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+        quantize_static(str(prepared), str(out), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(ONNX_INT8_OPS),
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibration_cache_path=str(cache), extra_options={"TensorQuantOverrides": qparams})
+    model = onnx.load(str(out))
+    _float_outputs(model.graph)
+    onnx.save(model, str(out))
+    ops = [n.op_type for n in model.graph.node]
+    return {"quantized_tensors": ops.count("QuantizeLinear"), "int8_weights": sum(
+        1 for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) > 1)}
 
 
-class _PerChannelFallback(logging.Filter):
-    """Drops onnxruntime's "Axis 1 is out-of-range for weight ..." warnings: 1-d weights
-    (normalisation scales) cannot be per-channel and are quantized per tensor, as intended."""
+def activation_qparams(model: Any, calib_inputs: Iterable[torch.Tensor],
+                       engine: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Activation qparams of a float ONNX model as torch's PTSQ chooses them for the same
+    graph: ({tensor: onnxruntime TensorQuantOverrides entry}, {tensor: (min, max)}).
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith("Axis ") and "out-of-range for weight" in record.getMessage())
+    Tensors torch quantizes alike share one observer (`qparams_groups`); each group gets
+    `qconfig(engine)`'s activation observer, fed its tensors' values on `calib_inputs`
+    (run by onnxruntime) in graph order, as torch's shared observer is fed.
+    """
+    import onnx
+    import onnxruntime
+
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    observed = [graph.input[0].name] + [o for n in graph.node for o in n.output if types.get(o) == onnx.TensorProto.FLOAT]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in observed if name not in outputs)
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    group = qparams_groups(graph)
+    observers = {group(name): qconfig(engine).activation() for name in observed}
+    for x in calib_inputs:
+        for name, value in zip(observed, session.run(observed, {graph.input[0].name: x.numpy()})):
+            observers[group(name)](torch.from_numpy(value))
+    qparams, ranges = {}, {}
+    for name in observed:
+        observer = observers[group(name)]
+        scale, zero_point = observer.calculate_qparams()
+        qparams[name] = [{"scale": np.array(scale.item(), np.float32), "zero_point": np.array(zero_point.item(), np.uint8)}]
+        ranges[name] = (observer.min_val.numpy(), observer.max_val.numpy())
+    return qparams, ranges
 
 
-@contextmanager
-def _without_per_channel_fallback_warnings() -> Iterator[None]:
-    root, fallback = logging.getLogger(), _PerChannelFallback()
-    root.addFilter(fallback)
-    try:
-        yield
-    finally:
-        root.removeFilter(fallback)
+def snap_weights(graph: Any, engine: str) -> dict[str, list[dict[str, Any]]]:
+    """Per-channel qparams of the Conv and Gemm weights from `qconfig(engine)`'s weight
+    observer, as TensorQuantOverrides entries; each weight is replaced in `graph` by its
+    torch int8 value dequantized, so that onnxruntime's rounding gives torch's int8
+    weights exactly (its own rounds w / scale in float32, which flips ties)."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    qparams = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in initializers:
+            continue
+        axis = 1 if node.op_type == "Gemm" and not _attribute(node, "transB", 0) else 0  # output channels
+        init = initializers[node.input[1]]
+        weight = torch.from_numpy(numpy_helper.to_array(init).copy())
+        observer = qconfig(engine).weight(ch_axis=axis)
+        observer(weight)
+        scales, zero_points = observer.calculate_qparams()
+        with _quiet():
+            snapped = torch.quantize_per_channel(weight, scales, zero_points, axis, torch.qint8).dequantize()
+        init.CopyFrom(numpy_helper.from_array(snapped.numpy(), init.name))
+        qparams[init.name] = [{"axis": axis, "scale": np.array(s, np.float32), "zero_point": np.array(z, np.int8)}
+                              for s, z in zip(scales.tolist(), zero_points.tolist())]
+    return qparams
+
+
+def qparams_groups(graph: Any) -> Callable[[str], str]:
+    """tensor name -> its group's name: tensors that torch's x86/qnnpack backends quantize
+    with one shared observer. The output of ONNX_SHARED_QPARAMS_OPS joins its input's
+    group; a Concat joins its inputs and output (torch's cat shares one observer)."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    for node in graph.node:
+        joined = node.input[:1] if node.op_type in ONNX_SHARED_QPARAMS_OPS else node.input if node.op_type == "Concat" else []
+        for name in joined:
+            parent[find(name)] = find(node.output[0])
+    return find
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    import onnx
+
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _float_outputs(graph: Any) -> None:
+    """Drop the QuantizeLinear -> DequantizeLinear pair onnxruntime puts on each graph
+    output, with their scale and zero point, so the logits stay float."""
+    producers = {o: node for node in graph.node for o in node.output}
+    for output in graph.output:
+        dequantize = producers[output.name]
+        if dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = producers[dequantize.input[0]]
+        source = producers[quantize.input[0]]
+        source.output[list(source.output).index(quantize.input[0])] = output.name
+        graph.node.remove(dequantize)
+        graph.node.remove(quantize)
+    used = {i for node in graph.node for i in node.input}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)

@@ -172,7 +172,7 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         model = build_student(params["student"], features)
         arch, config = model_spec(model)
         meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
-                "input": "logmel"}
+                "input": "logmel", "params": dict(params)}  # what it was trained with, for `submit`
         _train("student_train", model, meta, "", params, loss_fn, resampled, data, outputs, rt,
                (recordings, resampled, logits_dir), teacher_logits)
 

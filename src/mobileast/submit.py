@@ -15,7 +15,9 @@ Writes into --out:
 - `<label>.meta.yaml`: the system-information skeleton of the submission, filled with
   what the pipeline knows (architecture, features, augmentation, distillation,
   quantization, complexity, the development-set results of reports/metrics.json, and the
-  DVC params); the fields only the authors know say FILL IN.
+  DVC params: those the model was trained with, which students of this pipeline carry
+  in their meta, else params.yaml's, as `pipeline_params_source` says); the fields only
+  the authors know say FILL IN.
 - `<label>.bad_files.tsv` (only if any): every WAV file that could not be classified,
   with the reason. They are left out of the output and named on stderr, and the
   command exits with status 1, so nothing is dropped silently.
@@ -88,8 +90,13 @@ def _enabled(augment: Mapping[str, Any]) -> str:
 
 def metadata(label: str, meta: Mapping[str, Any], complexity: Mapping[str, Any], params: Mapping[str, Any] | None,
              dev: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The system-information skeleton, filled with what the model and the params say."""
+    """The system-information skeleton, filled with what the model carries (features,
+    architecture, quantization, and for a student of this pipeline the params it was
+    trained with: meta "params") and, for what it does not (the teacher; everything for
+    a model without params), with the project's `params`."""
     features = meta.get("features", {})
+    trained = meta.get("params") or params
+    calibration = meta.get("calibration")
     description: dict[str, Any] = {
         "input_sampling_rate": f"{int(features.get('sample_rate', 32000)) / 1000:g}kHz",
         "acoustic_features": f"log-mel energies ({features.get('n_mels')} bands, window {features.get('win_length')}, "
@@ -98,18 +105,20 @@ def metadata(label: str, meta: Mapping[str, Any], complexity: Mapping[str, Any],
         if meta.get("arch") == "mobileast" else meta.get("arch", FILL_IN),
         "ensemble_method_subsystem_count": 1,
         "decision_making": "mean of the 1 s clips' class probabilities per file",
-        "quantization": f"int8 post-training static quantization ({meta.get('quant_engine') or meta.get('runtime')})"
-        if meta.get("quantized") else "none (float32)",
+        "quantization": f"int8 post-training static quantization ({meta.get('quant_engine') or meta.get('runtime')}"
+                        + (f", calibrated on {calibration['batches']} x {calibration['batch_size']} training crops)"
+                           if calibration else ")") if meta.get("quantized") else "none (float32)",
         "external_data_usage": FILL_IN,
     }
-    if params:
+    if trained:
+        description["data_augmentation"] = _enabled(trained["augment"])
+        description["knowledge_distillation"] = "none" if trained["distill"]["method"] == "none" else (
+            f"{trained['distill']['method'].upper()} (alpha {trained['dkd']['alpha']}, beta {trained['dkd']['beta']}, "
+            f"T {trained['dkd']['T']})")
+    if params and description.get("knowledge_distillation", "none") != "none":
         teacher = params["teacher"]
-        description["data_augmentation"] = _enabled(params["augment"])
-        description["knowledge_distillation"] = (
-            "none" if params["distill"]["method"] == "none" else
-            f"{params['distill']['method'].upper()} (alpha {params['dkd']['alpha']}, beta {params['dkd']['beta']}, "
-            f"T {params['dkd']['T']}) from a {teacher['arch']} teacher"
-            + (f" ensemble of {1 + len(teacher['ensemble'])}" if teacher["ensemble"] else ""))
+        description["knowledge_distillation"] += f" from a {teacher['arch']} teacher" + (
+            f" ensemble of {1 + len(teacher['ensemble'])}" if teacher["ensemble"] else "")
         if teacher["arch"] == "passt":
             description["external_data_usage"] = "AudioSet-pretrained PaSST teacher (kkoutini/PaSST checkpoint)"
     skeleton: dict[str, Any] = {
@@ -126,8 +135,10 @@ def metadata(label: str, meta: Mapping[str, Any], complexity: Mapping[str, Any],
         skeleton["results"] = {"development_dataset": {
             "overall": {"accuracy": round(100 * dev["accuracy"], 2), "logloss": dev.get("log_loss")},
             "device_wise": {d: {"accuracy": round(100 * a, 2)} for d, a in dev.get("per_device_accuracy", {}).items()}}}
-    if params:
-        skeleton["pipeline_params"] = params
+    if trained:
+        skeleton["pipeline_params"] = trained
+        skeleton["pipeline_params_source"] = ("the model (the params of its training stage)" if meta.get("params")
+                                              else "params.yaml (the model carries no params)")
     return skeleton
 
 

@@ -10,8 +10,8 @@ Compact layout (sub4)::
     In_Conv 5x5/2 (padding 1) -> MV2(c1, e1, /2) -> MaxPool(2,1) -> MobileViT block(c1)
     -> global AvgPool -> Linear(10, no bias)
 
-Every conv is conv -> BatchNorm -> activation during training; `fold_bn` returns the
-deployment form with BN folded into the conv. The model is written for
+Every conv is conv -> BatchNorm -> activation during training; `fold_bn` folds BN into
+the conv, `deploy_form` also fuses the attention (what is quantized and exported). The model is written for
 `torch.fx.symbolic_trace` (FX graph mode quantization): all shapes and constants are
 fixed in `__init__` from the config, the forward pass has no shape-dependent control
 flow, and fusable sequences (Conv2d -> BatchNorm2d -> ReLU, Linear -> ReLU) are
@@ -145,16 +145,9 @@ class Attention(nn.Module):
 
     Built from nn.Linear: q/k/v projections without bias, output projection with bias
     (SPEC section 4). `seq_shape` = (P, N) is fixed so that the head split is a plain
-    reshape (FX quantization keeps reshape/transpose on int8 tensors).
-
-    `fused` (set by `fused_attention`, for deployment): the same function computed by one
-    F.scaled_dot_product_attention call (default scale head_dim ** -0.5) on 4-D
-    (B*P, h, N, hd) views, without materialising the (B, P, h, N, N) scores; the
-    `scores`/`softmax`/`mix` modules are then unused. Training and complexity counting
-    (which hooks the MatMul modules) use the unfused path.
+    reshape. This is the training form, whose MatMul modules complexity counting hooks;
+    `deploy_form` turns it into `FusedAttention` for deployment.
     """
-
-    fused = False
 
     def __init__(self, dim: int, heads: int, seq_shape: tuple[int, int]):
         super().__init__()
@@ -171,18 +164,58 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, *self.seq_shape, self.heads, self.head_dim).transpose(2, 3)  # (B, P, h, N, hd)
 
-    def _split_fused(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, self.seq_shape[1], self.heads, self.head_dim).transpose(1, 2)  # (B*P, h, N, hd)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, P, N, d)
-        if self.fused:
-            q, k, v = self._split_fused(self.q(x)), self._split_fused(self.k(x)), self._split_fused(self.v(x))
-            out = F.scaled_dot_product_attention(q, k, v)  # (B*P, h, N, hd)
-            return self.proj(out.transpose(1, 2).reshape(-1, *self.seq_shape, self.dim))
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
         attn = self.softmax(self.scores(q, k.transpose(-2, -1)) * self.scale)  # (B, P, h, N, N)
         out = self.mix(attn, v)  # (B, P, h, N, hd)
         return self.proj(out.transpose(2, 3).reshape(-1, *self.seq_shape, self.dim))  # (B, P, N, d)
+
+
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(hd)) v per head, from the fused q|k|v projection of the token
+    matrix (T = B*P*N, 3d) to the merged heads (T, d), as one F.scaled_dot_product_attention.
+
+    One module so that quantization keeps it float as a whole (mobileast.quantize): one
+    dequantize of the contiguous qkv output, one quantize before the output projection.
+    The head split is a permuted view of the qkv rows, and torch's CPU kernel writes its
+    output (B*P, N, h, hd)-major, so the merge is a view too: no copies in between.
+    """
+
+    def __init__(self, dim: int, heads: int, seq_len: int):
+        super().__init__()
+        self.dim, self.heads, self.head_dim, self.seq_len = dim, heads, dim // heads, seq_len
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:  # (T, 3d)
+        qkv = qkv.reshape(-1, self.seq_len, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B*P, h, N, hd)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B*P, h, N, hd), scale hd ** -0.5
+        return out.transpose(1, 2).reshape(-1, self.dim)  # (T, d)
+
+
+class FusedAttention(nn.Module):
+    """Deployment form of `Attention` on the token matrix (T, d), the same function: one
+    Linear for q|k|v (their weights stacked), `AttentionCore`, the output projection."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.qkv = nn.Linear(attn.dim, 3 * attn.dim, bias=False)
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))  # (3d, d)
+        self.core = AttentionCore(attn.dim, attn.heads, attn.seq_shape[1])
+        self.proj = copy.deepcopy(attn.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (T, d)
+        return self.proj(self.core(self.qkv(x)))
+
+
+class Tokens(nn.Module):
+    """(B, P, N, d) -> the (B*P*N, d) token matrix: a reshape (a view, also of int8 tensors)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, self.dim)
 
 
 class TransformerLayer(nn.Module):
@@ -203,11 +236,15 @@ class TransformerLayer(nn.Module):
 
 
 class Patches(nn.Module):
-    """Unfold (B, d, H, W) into (B, P = ph*pw, N = H*W/P, d) and fold it back.
+    """Unfold (B, d, H, W) into (B, P = ph*pw, N = H*W/P, d) and fold it back (from that
+    or from the same tokens as a (B*P*N, d) matrix).
 
     Sequence p holds the pixels at position p inside their patch, token n is the patch
     index in row-major order of the (H/ph, W/pw) patch grid. Shapes are fixed at
-    construction so the graph traces without shape arithmetic.
+    construction so the graph traces without shape arithmetic. Channels move last first
+    (and back first last): a channels-last map, what x86 int8 convs write, then unfolds
+    with one copy instead of two, and every permute moves one axis or keeps the innermost
+    one, which onnxruntime transposes in blocks rather than element by element.
     """
 
     def __init__(self, dim: int, size: tuple[int, int], patch: tuple[int, int]):
@@ -219,13 +256,13 @@ class Patches(nn.Module):
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         (ph, pw), (nh, nw) = self.patch, self.grid
-        x = x.reshape(-1, self.dim, nh, ph, nw, pw).permute(0, 3, 5, 2, 4, 1)  # (B, ph, pw, nh, nw, d)
-        return x.reshape(-1, ph * pw, nh * nw, self.dim)  # (B, P, N, d)
+        x = x.permute(0, 2, 3, 1).reshape(-1, nh, ph, nw, pw, self.dim)  # (B, nh, ph, nw, pw, d)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(-1, ph * pw, nh * nw, self.dim)  # (B, P, N, d)
 
-    def fold(self, x: torch.Tensor) -> torch.Tensor:
+    def fold(self, x: torch.Tensor) -> torch.Tensor:  # (B, P, N, d) or (B*P*N, d)
         (ph, pw), (nh, nw) = self.patch, self.grid
-        x = x.reshape(-1, ph, pw, nh, nw, self.dim).permute(0, 5, 3, 1, 4, 2)  # (B, d, nh, ph, nw, pw)
-        return x.reshape(-1, self.dim, *self.size)  # (B, d, H, W)
+        x = x.reshape(-1, ph, pw, nh, nw, self.dim).permute(0, 3, 1, 4, 2, 5)  # (B, nh, ph, nw, pw, d)
+        return x.reshape(-1, *self.size, self.dim).permute(0, 3, 1, 2)  # (B, d, H, W)
 
 
 class MobileViTBlock(nn.Module):
@@ -347,12 +384,20 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def fused_attention(model: nn.Module) -> nn.Module:
-    """Deployment form of the attention: an eval-mode copy whose Attention modules compute
-    with F.scaled_dot_product_attention (`Attention.fused`); same parameters, same function
-    up to float rounding. Used before quantization and for deployed float models."""
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.fused = True
+def deploy_form(model: nn.Module) -> nn.Module:
+    """The float model as deployed, quantized and exported: an eval-mode copy with BN
+    folded (`fold_bn`) and each MobileViT transformer run on the token matrix
+    (B*P*N, d), its attention fused (`FusedAttention`). The same function up to float
+    rounding and the same parameters (q/k/v stacked); module names are kept
+    (`blocks.vit.transformer.0.attn.qkv`). On 2-D tokens every Linear is one GEMM,
+    which ONNX exports as a Gemm with its bias rather than a MatMul and an Add.
+    """
+    model = fold_bn(model)
+    for block in model.modules():
+        if isinstance(block, MobileViTBlock):
+            layers = list(block.transformer.named_children())
+            for _, layer in layers:
+                layer.attn = FusedAttention(layer.attn)
+            # Patches.fold takes the (B*P*N, d) token matrix as it takes (B, P, N, d)
+            block.transformer = nn.Sequential(OrderedDict([("tokens", Tokens(block.patches.dim)), *layers]))
     return model
