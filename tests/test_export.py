@@ -20,15 +20,7 @@ from mobileast.models import model_spec
 from mobileast.models.mobileast import fold_bn
 from mobileast.predict import predict_file
 from test_crops import make_clip_store, make_recordings_store
-from test_quantize import FEATURES, as_if_trained, varied_inputs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_quantize import FEATURES, as_if_trained, one_thread, varied_inputs  # noqa: F401 (autouse fixture)
 
 
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:

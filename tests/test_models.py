@@ -143,12 +143,18 @@ def _slow_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_attention_matches_slow_reference():
+def random_attention() -> Attention:
+    """An Attention with weights far from their init (distinct scores per head)."""
     torch.manual_seed(0)
     attn = Attention(dim=16, heads=4, seq_shape=(3, 5))
     for lin in (attn.q, attn.k, attn.v, attn.proj):
         torch.nn.init.normal_(lin.weight, std=0.5)
     torch.nn.init.normal_(attn.proj.bias)
+    return attn
+
+
+def test_attention_matches_slow_reference():
+    attn = random_attention()
     assert attn.q.bias is None and attn.k.bias is None and attn.v.bias is None
     x = torch.randn(2, 3, 5, 16)
     assert_close(attn(x), _slow_attention(attn, x), rtol=1e-4, atol=1e-5)
@@ -234,11 +240,7 @@ def test_deploy_form_is_the_same_function(name):
 def test_fused_attention_matches_slow_reference():
     """On the (B*P*N, d) token matrix, as the deploy form runs it."""
     from mobileast.models.mobileast import FusedAttention
-    torch.manual_seed(0)
-    attn = Attention(dim=16, heads=4, seq_shape=(3, 5))
-    for lin in (attn.q, attn.k, attn.v, attn.proj):
-        torch.nn.init.normal_(lin.weight, std=0.5)
-    torch.nn.init.normal_(attn.proj.bias)
+    attn = random_attention()
     x = torch.randn(2, 3, 5, 16)
     with torch.no_grad():
         out = FusedAttention(attn)(x.reshape(-1, 16))
