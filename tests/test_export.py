@@ -132,6 +132,30 @@ def test_onnx_parameter_memory_equals_the_torch_count(project):
     assert onnx_param_memory_bytes(project / "student.onnx") == param_memory_bytes(fold_bn(model))
 
 
+def test_int8_export_keeps_the_float_modules_float(project, tmp_path):
+    """quant.float_modules: the ONNX int8 model keeps the same modules float as the torch one
+    (the export stage checks the parameter memory equality)."""
+    data = project / "data"
+    quant = {"calib_batches": 2, "batch_size": 4, "float_modules": ["blocks.vit.local*"],
+             "dynamic_modules": ["classifier"]}
+    summary = quantize.quantize_student(project / "student.pt", data / "recordings", data / "resampled",
+                                        tmp_path / "int8.pt", quant, hop_s=0.5, seed=0)
+    assert summary["float_modules"] == ["blocks.vit.local"]
+    meta = export_int8(tmp_path / "int8.pt", tmp_path / "int8.onnx", data / "recordings", data / "resampled")
+    assert meta["onnx_quantization"]["float_nodes"] == 4  # the local block's two convs and their ReLUs
+    torch_int8, _ = deploy.load_deployed(tmp_path / "int8.pt")
+    assert onnx_param_memory_bytes(tmp_path / "int8.onnx") == param_memory_bytes(torch_int8) \
+        > param_memory_bytes(deploy.load_deployed(project / "student_int8.pt")[0])
+    onnx_int8, _ = deploy.load_model_any(tmp_path / "int8.onnx")
+    inputs = [varied_inputs(64, torch.Generator().manual_seed(s)) for s in (7, 8)]
+    assert quantize.agreement(torch_int8, onnx_int8, inputs)["top1_agreement"] >= 0.95
+    with pytest.raises(InputError, match="dynamic quantization of the classifier only"):
+        quantize.quantize_student(project / "student.pt", data / "recordings", data / "resampled",
+                                  tmp_path / "dyn.pt", {**quant, "dynamic_modules": ["blocks.vit.transformer.*.ffn.fc1"]},
+                                  hop_s=0.5, seed=0)
+        export_int8(tmp_path / "dyn.pt", tmp_path / "dyn.onnx", data / "recordings", data / "resampled")
+
+
 def test_int8_export_needs_its_own_float_checkpoint(project, tmp_path):
     moved = tmp_path / "int8.pt"
     moved.write_bytes((project / "student_int8.pt").read_bytes())
@@ -216,3 +240,8 @@ def test_submission_package(project, tmp_path, capsys):
     fallback = submit.metadata("x", {k: v for k, v in deploy.read_meta(project / "student_int8.pt").items() if k != "params"},
                                complexity, params, None)
     assert fallback["pipeline_params"] == params and fallback["pipeline_params_source"].startswith("params.yaml")
+
+
+def test_submission_reports_the_dev_metrics_of_the_models_kind(project):
+    assert [submit.metrics_entry(project / name) for name in ("student.pt", "student_int8.pt", "student_int8.onnx")] \
+        == ["student_float", "student_int8", "student_int8_onnx"]

@@ -206,3 +206,8 @@ def test_output_cut_short_by_the_reader_is_no_error():
     process.stdout.close()  # before the command writes (it takes a second to start)
     assert process.wait(timeout=120) == 0
     assert process.stderr.read() == b""
+
+
+def test_a_profile_may_define_a_top_level_key():
+    decided = profiles.decided_keys(["seed", "augment.noise"], lambda key: False)
+    assert decided == ["seed", "augment.noise.enabled"]  # a switched-off augmentation: only its switch

@@ -165,7 +165,8 @@ def test_resumed_run_equals_uninterrupted_run(stores, reference_run, tmp_path):
 
 def test_complete_resume_checkpoint_gives_the_model_without_training(stores, reference_run, tmp_path):
     """Killed after the last epoch's checkpoint but before the final model was written."""
-    shutil.copy(reference_run[2] / "model.pt", tmp_path / "last.pt")
+    last = torch.load(reference_run[2] / "model.pt")  # the final model is the last epoch's checkpoint ...
+    torch.save({**last, "inputs": file_identity(stores)}, tmp_path / "last.pt")  # ... as the resume file holds it
     result, state = train(stores, tmp_path, train_settings(), fail_at_epoch=0)  # any epoch would raise
     assert result.history == reference_run[0].history and not (tmp_path / "last.pt").exists()
     for key, value in state.items():
@@ -193,6 +194,15 @@ def test_checkpoint_made_before_the_input_data_changed_is_not_resumed(stores, tm
     result, _ = train(copies, tmp_path / "out", train_settings(epochs=3))
     fresh, _ = train(copies, tmp_path / "fresh", train_settings(epochs=3))
     assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.history == fresh.history
+
+
+def test_final_model_bytes_do_not_depend_on_the_inputs_file_times(stores, reference_run, tmp_path):
+    """DVC records the model's md5: a fresh clone's rewritten (same-bytes) stores must give it again."""
+    copies = [Path(shutil.copytree(store, tmp_path / store.name)) for store in stores]
+    for path in copies[0].rglob("*"):
+        os.utime(path, ns=(1, 1))
+    train(copies, tmp_path / "out", train_settings())
+    assert (tmp_path / "out" / "model.pt").read_bytes() == (reference_run[2] / "model.pt").read_bytes()
 
 
 def test_file_identity_sees_a_rewritten_or_added_file(tmp_path):

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m mobileast evaluate --model M [--model M2 ...]`: metrics on the evaluate fold."""
     import argparse
     import json
+    import sys
 
     from mobileast.config import InputError
     from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate_models({str(m): m for m in args.model}, args.resampled, args.recordings, None,
                                   args.batch_size)
     except (InputError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 2
     figures = summary(results)
     if args.json:

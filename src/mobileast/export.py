@@ -19,8 +19,8 @@ runs it like the TorchScript model.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,6 +32,7 @@ from mobileast.config import InputError, atomic_output
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.deploy import META_FILE, input_shape, load_checkpoint_model, load_deployed, load_model_any
 from mobileast.models.mobileast import AttentionCore, deploy_form
+from mobileast.quantize import name_scopes
 
 OPSET = 23  # the first with an Attention op
 
@@ -66,6 +67,9 @@ def export_int8(int8_model: str | Path, out: str | Path, recordings: Path = RECO
     _, meta = load_deployed(int8_model)
     if not meta.get("quantized") or "source" not in meta:
         raise InputError(f"{int8_model}: not an int8 model of the quantize stage (its meta has no source checkpoint)")
+    if set(meta.get("dynamic_modules", [])) - {"classifier"}:
+        raise InputError(f"{int8_model} quantizes {meta['dynamic_modules']} dynamically: the ONNX export converts "
+                         "dynamic quantization of the classifier only (quant.dynamic_modules: [classifier] or [])")
     source = Path(meta["source"]["checkpoint"])
     if not source.is_file() or file_md5(source) != meta["source"]["md5"]:
         raise InputError(f"{int8_model} was quantized from {source} (md5 {meta['source']['md5']}), which is "
@@ -79,12 +83,13 @@ def export_int8(int8_model: str | Path, out: str | Path, recordings: Path = RECO
         float_path = Path(scratch) / "float.onnx"
         export_float(model, float_meta, float_path)
         quantized = Path(scratch) / "int8.onnx"
-        summary = quantize_onnx(float_path, quantized, calib, meta["quant_engine"])
+        summary = quantize_onnx(float_path, quantized, calib, meta["quant_engine"], meta.get("float_modules", []))
         proto = onnx.load(str(quantized))
     onnx_meta = {**meta, "format": "onnx", "runtime": "onnxruntime", "onnx_quantization": {
         "format": "QDQ", "qparams": f"torch's {meta['quant_engine']} observers on the calibration crops",
         "weights": "int8 per channel", "activations": "uint8 per tensor",
-        "float": "LayerNorm, SiLU, attention core, logits", **summary}}
+        "float": ", ".join(["LayerNorm", "SiLU", "attention core", "logits", *meta.get("float_modules", [])]),
+        **summary}}
     onnx_meta.pop("quant_engine", None)
     _set_meta(proto, onnx_meta)
     onnx.checker.check_model(proto, full_check=True)
@@ -140,9 +145,7 @@ def attention_ops(proto: Any, model: torch.nn.Module) -> None:
 
 def _scope(node: Any, cores: Mapping[str, Any]) -> str | None:
     """The AttentionCore (by module name) a node of the exported graph belongs to, if any."""
-    props = {p.key: p.value for p in node.metadata_props}
-    scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))  # a Python list literal
-    return next((s for s in scopes if s in cores), None)
+    return next((s for s in name_scopes(node) if s in cores), None)
 
 
 def _set_meta(proto: Any, meta: Mapping[str, Any]) -> None:
@@ -177,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         meta = export(args.model, args.out, args.recordings, args.resampled)
     except (InputError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", flush=True)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     kind = "int8" if meta.get("quantized") else "float"
     print(f"wrote {kind} ONNX model {args.out} (opset {OPSET})")

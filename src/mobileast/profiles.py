@@ -92,6 +92,9 @@ def decided_keys(defines: Sequence[str], value: Callable[[str], Any]) -> list[st
     section whose `enabled` is false (a switched-off augmentation)."""
     decided = []
     for key in (key for section in defines for key in schema_keys(section)):
+        if "." not in key:  # a top-level key (e.g. seed)
+            decided.append(key)
+            continue
         section, leaf = key.rsplit(".", 1)
         if section in TRAINING_SECTIONS and leaf in HARDWARE_KEYS:
             continue

@@ -53,6 +53,7 @@ Choices:
 """
 from __future__ import annotations
 
+import ast
 import fnmatch
 import hashlib
 import itertools
@@ -304,13 +305,14 @@ ONNX_SHARED_QPARAMS_OPS = ("MaxPool", "Reshape", "Transpose", "ReduceMean")
 
 
 def quantize_onnx(float_path: str | Path, out: str | Path, calib_inputs: Iterable[torch.Tensor],
-                  engine: str) -> dict[str, Any]:
+                  engine: str, float_modules: Sequence[str] = ()) -> dict[str, Any]:
     """The int8 ONNX counterpart of `quantize_model` (QDQ format), converted rather than
     re-calibrated: a float ONNX model of the same deploy form (mobileast.export) gets the
     activation qparams torch's observers of `qconfig(engine)` choose on the same
     calibration batches (`activation_qparams`) and torch's int8 weights
-    (`snap_weights`); int8 where torch runs int8 (ONNX_INT8_OPS), float logits (the
-    torch classifier is dynamic: float output). onnxruntime writes the graph
+    (`snap_weights`); int8 where torch runs int8 (ONNX_INT8_OPS) except in the
+    `float_modules` (deploy-form module names, as the int8 model's meta lists them), float
+    logits (the torch classifier is dynamic: float output). onnxruntime writes the graph
     (quantize_static with the qparams as TensorQuantOverrides and its own calibration
     skipped). Returns what it quantized.
     """
@@ -322,21 +324,36 @@ def quantize_onnx(float_path: str | Path, out: str | Path, calib_inputs: Iterabl
     with tempfile.TemporaryDirectory(prefix="quantize_onnx-") as scratch:
         work = Path(scratch)
         prepared, cache = work / "prepared.onnx", work / "ranges.json"
+        keep_float = nodes_in_modules(onnx.load(str(float_path)).graph, float_modules)  # (the scopes go next)
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         qparams, ranges = activation_qparams(model, calib_inputs, engine)
-        qparams.update(snap_weights(model.graph, engine))
+        qparams.update(snap_weights(model.graph, engine, keep_float))
         onnx.save(model, str(prepared))
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
         quantize_static(str(prepared), str(out), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(ONNX_INT8_OPS),
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibration_cache_path=str(cache), extra_options={"TensorQuantOverrides": qparams})
+                        nodes_to_exclude=keep_float, calibration_cache_path=str(cache),
+                        extra_options={"TensorQuantOverrides": qparams})
     model = onnx.load(str(out))
     _float_outputs(model.graph)
     onnx.save(model, str(out))
     ops = [n.op_type for n in model.graph.node]
     return {"quantized_tensors": ops.count("QuantizeLinear"), "int8_weights": sum(
-        1 for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) > 1)}
+        1 for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) > 1),
+        "float_nodes": len(keep_float)}
+
+
+def name_scopes(node: Any) -> list[str]:
+    """The module names (outermost first) torch's exporter records for an ONNX node."""
+    props = {p.key: p.value for p in node.metadata_props}
+    return ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))  # a Python list literal
+
+
+def nodes_in_modules(graph: Any, modules: Sequence[str]) -> list[str]:
+    """Names of the nodes of an exported graph that belong to any of `modules`."""
+    wanted = set(modules)
+    return [node.name for node in graph.node if wanted.intersection(name_scopes(node))]
 
 
 def activation_qparams(model: Any, calib_inputs: Iterable[torch.Tensor],
@@ -374,17 +391,18 @@ def activation_qparams(model: Any, calib_inputs: Iterable[torch.Tensor],
     return qparams, ranges
 
 
-def snap_weights(graph: Any, engine: str) -> dict[str, list[dict[str, Any]]]:
-    """Per-channel qparams of the Conv and Gemm weights from `qconfig(engine)`'s weight
-    observer, as TensorQuantOverrides entries; each weight is replaced in `graph` by its
-    torch int8 value dequantized, so that onnxruntime's rounding gives torch's int8
-    weights exactly (its own rounds w / scale in float32, which flips ties)."""
+def snap_weights(graph: Any, engine: str, keep_float: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Per-channel qparams of the Conv and Gemm weights (but those of the `keep_float`
+    nodes) from `qconfig(engine)`'s weight observer, as TensorQuantOverrides entries; each
+    weight is replaced in `graph` by its torch int8 value dequantized, so that
+    onnxruntime's rounding gives torch's int8 weights exactly (its own rounds w / scale in
+    float32, which flips ties)."""
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in graph.initializer}
     qparams = {}
     for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in initializers:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in initializers or node.name in keep_float:
             continue
         axis = 1 if node.op_type == "Gemm" and not _attribute(node, "transB", 0) else 0  # output channels
         init = initializers[node.input[1]]

@@ -176,6 +176,14 @@ def submit(model_path: Path, audio_dir: Path, out_dir: Path, label: str, params:
     return len(rows), bad
 
 
+def metrics_entry(model_path: Path) -> str:
+    """The reports/metrics.json entry of a model's kind (the evaluate stage's names)."""
+    _, meta = load_model_any(model_path)
+    if not meta.get("quantized"):
+        return "student_float"
+    return "student_int8_onnx" if meta.get("format") == "onnx" else "student_int8"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mobileast submit", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="int8 TorchScript, int8 ONNX or a float checkpoint")
@@ -186,14 +194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, help="params.yaml of the run (default: the project's, if any)")
     parser.add_argument("--dev-metrics", type=Path,
                         help="development-set metrics to report (default: the project's reports/metrics.json)")
-    parser.add_argument("--dev-model", default="student_int8", help="its entry to report (default: %(default)s)")
+    parser.add_argument("--dev-model", help="its entry to report (default: the one of --model's kind: "
+                                            "student_int8, student_int8_onnx or student_float)")
     args = parser.parse_args(argv)
     try:
         root = _project()
         params_path = args.params or (root / "params.yaml" if root else None)
         params = read_params(params_path) if params_path and params_path.is_file() else None
         metrics_path = args.dev_metrics or (root / "reports/metrics.json" if root else None)
-        dev = json.loads(metrics_path.read_text()).get(args.dev_model) if metrics_path and metrics_path.is_file() else None
+        dev_model = args.dev_model or metrics_entry(args.model)
+        dev = json.loads(metrics_path.read_text()).get(dev_model) if metrics_path and metrics_path.is_file() else None
         done, bad = submit(args.model, args.audio_dir, args.out, args.label, params, dev)
     except (InputError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

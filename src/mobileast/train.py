@@ -387,8 +387,9 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     optimizer = settings.make_optimizer(model)
     precision = resolve_precision(settings.precision, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
-    fingerprint = _fingerprint(settings, meta, {"key": resume_key, "inputs": file_identity(inputs)})
-    state = _resume(outputs, fingerprint, settings.epochs, model, optimizer, scaler, rt)
+    fingerprint = _fingerprint(settings, meta, resume_key)  # also in the final model: its content only
+    identity = file_identity(inputs)  # only in the resume checkpoint (mtimes: the model stays reproducible)
+    state = _resume(outputs, fingerprint, identity, settings.epochs, model, optimizer, scaler, rt)
     net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.world_size > 1 else model
     if settings.compile:
@@ -402,7 +403,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
             row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
         if rt.is_main:
             state.record(row, select if validated else None, mode)
-            _write_epoch(outputs, state, model, optimizer, scaler, meta, fingerprint, settings)
+            _write_epoch(outputs, state, model, optimizer, scaler, meta, fingerprint, identity, settings)
             tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             tqdm.write(" ".join(f"{k}={v:.5g}" for k, v in row.items()))
         if rt.world_size > 1:
@@ -506,7 +507,7 @@ def file_identity(paths: Sequence[Path]) -> dict[str, tuple[int, int]]:
     return {str(f): (stat.st_size, stat.st_mtime_ns) for f in files for stat in [f.stat()]}
 
 
-def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
+def _resume(outputs: Outputs, fingerprint: str, identity: Mapping[str, Any], epochs: int, model: nn.Module,
             optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime) -> _State:
     """Load the resume checkpoint of the same run into model and optimizer, else start afresh.
 
@@ -515,7 +516,8 @@ def _resume(outputs: Outputs, fingerprint: str, epochs: int, model: nn.Module,
     if outputs.resume is None or not outputs.resume.is_file():
         return _State()
     checkpoint = torch.load(outputs.resume, map_location=rt.device)
-    if checkpoint.get("fingerprint") != fingerprint or checkpoint["epoch"] > epochs:
+    if checkpoint.get("fingerprint") != fingerprint or checkpoint.get("inputs") != identity \
+            or checkpoint["epoch"] > epochs:
         return _State()
     model.load_state_dict(checkpoint["state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -580,13 +582,14 @@ def _save(path: Path, checkpoint: Mapping[str, Any]) -> None:
 
 def _write_epoch(outputs: Outputs, state: _State, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, meta: Mapping[str, Any], fingerprint: str,
-                 settings: TrainSettings) -> None:
-    """Write the resume (and, if improved, best) checkpoint and the history, each atomically."""
+                 identity: Mapping[str, Any], settings: TrainSettings) -> None:
+    """Write the resume checkpoint (with the inputs' identity), the best one if improved, and
+    the history, each atomically."""
     checkpoint = _checkpoint(state, model, optimizer, scaler, meta, fingerprint, settings)
-    paths = [outputs.resume] + ([outputs.best] if state.improved else [])
-    for path in paths:
-        if path is not None:
-            _save(path, checkpoint)
+    if outputs.resume is not None:
+        _save(outputs.resume, {**checkpoint, "inputs": identity})
+    if outputs.best is not None and state.improved:
+        _save(outputs.best, checkpoint)
     if outputs.history is not None:
         with atomic_output(outputs.history) as tmp:
             pd.DataFrame(state.history).to_csv(tmp, index=False)

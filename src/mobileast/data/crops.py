@@ -113,7 +113,7 @@ class RecordingCrops:
             raise ValueError(f"{store_dir}: a {fold} recording has no complete {crop_samples}-sample crop")
         self.clip_samples = int(self.table["clip_samples"].iloc[0]) if len(self.table) else 0
         self.grid_sizes = np.array([len(g) for g in grids], dtype=np.int64)
-        self.row_offsets = np.concatenate([[0], np.cumsum(self.grid_sizes)])  # = teacher train_index
+        self.row_offsets = np.concatenate([[0], np.cumsum(self.grid_sizes)])  # first grid row of each recording
         self.crop_starts = np.concatenate(grids) + np.repeat(self.table["offset"].to_numpy(np.int64),
                                                              self.grid_sizes)  # by row, in the fold array
 
