@@ -12,7 +12,7 @@ from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.data.crops import evaluate_clips
 from mobileast.deploy import feature_args, frontend_for, load_checkpoint_model, load_deployed, load_onnx
 from mobileast.export import export_int8
-from mobileast.quantize import agreement
+from mobileast.quantize import logit_agreement, model_logits
 from stages import run
 
 PARAMS: list[str] = []  # the calibration crops come from the int8 model's meta
@@ -35,10 +35,11 @@ def main() -> None:
                            "the student's features.sample_rate")
     frontend = frontend_for(meta)
     logmels = [frontend(batch.wave) for batch in clips.batches(256)]
-    with_torch = agreement(torch_int8, onnx_int8, logmels)
+    onnx_logits = model_logits(onnx_int8, logmels)  # once, compared with both
+    with_torch = logit_agreement(model_logits(torch_int8, logmels), onnx_logits)
     report = {"param_memory_bytes": memory, "matches_complexity_report": memory == expected,
               "evaluate_agreement_with_torch_int8": with_torch,
-              "evaluate_agreement_with_float": agreement(float_model, onnx_int8, logmels),
+              "evaluate_agreement_with_float": logit_agreement(model_logits(float_model, logmels), onnx_logits),
               "agreement_with_torch_int8_pass": with_torch["top1_agreement"] >= MIN_AGREEMENT}
     write_json(REPORT, report)
     print(f"export: {ONNX} ({memory:,} bytes of parameters, as the torch int8 model); top-1 agreement on "

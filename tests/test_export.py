@@ -243,5 +243,6 @@ def test_submission_package(project, tmp_path, capsys):
 
 
 def test_submission_reports_the_dev_metrics_of_the_models_kind(project):
-    assert [submit.metrics_entry(project / name) for name in ("student.pt", "student_int8.pt", "student_int8.onnx")] \
+    assert [submit.metrics_entry(deploy.load_model_any(project / name)[1])
+            for name in ("student.pt", "student_int8.pt", "student_int8.onnx")] \
         == ["student_float", "student_int8", "student_int8_onnx"]

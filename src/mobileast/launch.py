@@ -92,7 +92,7 @@ def prepare(nproc: int, module: str) -> int | None:
     if usable and nproc > usable:  # (CUDA_VISIBLE_DEVICES="" hides the GPUs: a CPU run)
         raise ParamsError(f"params.yaml: nproc {nproc} exceeds the {usable} GPU(s) this stage can use"
                           + ("" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible})"))
-    if count > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+    if count > 1 and visible is None:
         gpus = claim_gpus(nproc, count, store_root() / LOCK_DIR)
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         print(f"{module}: using GPU(s) {os.environ['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)

@@ -230,7 +230,20 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: Mapping[str, Any])
 
 
 def agreement(reference: nn.Module, other: nn.Module, inputs: Iterable[torch.Tensor]) -> dict[str, float]:
-    """How closely `other` (e.g. int8) follows `reference` (float) on the input batches.
+    """How closely `other` (e.g. int8) follows `reference` (float) on the input batches
+    (`logit_agreement` of their logits)."""
+    inputs = list(inputs)
+    return logit_agreement(model_logits(reference, inputs), model_logits(other, inputs))
+
+
+def model_logits(model: nn.Module, inputs: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The model's logits of every input batch, concatenated."""
+    with torch.no_grad():
+        return torch.cat([model(x) for x in inputs])
+
+
+def logit_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """How closely the logits `other` (N, classes) follow `reference` (same inputs).
 
     `top1_agreement`: share of inputs with the same top class. `logit_correlation`:
     Pearson correlation of the logits with each class's mean over the inputs removed,
@@ -238,9 +251,7 @@ def agreement(reference: nn.Module, other: nn.Module, inputs: Iterable[torch.Ten
     untrained model, cannot inflate it). `max_abs_diff_rel`: largest absolute logit
     difference over the reference's logit range.
     """
-    with torch.no_grad():
-        pairs = [(reference(x), other(x)) for x in inputs]
-    a, b = (torch.cat(side).double() for side in zip(*pairs))
+    a, b = reference.double(), other.double()
     centered = torch.stack([(a - a.mean(0)).flatten(), (b - b.mean(0)).flatten()])
     return {"n": len(a),
             "top1_agreement": (a.argmax(1) == b.argmax(1)).double().mean().item(),

@@ -143,9 +143,12 @@ def metadata(label: str, meta: Mapping[str, Any], complexity: Mapping[str, Any],
 
 
 def submit(model_path: Path, audio_dir: Path, out_dir: Path, label: str, params: Mapping[str, Any] | None,
-           dev: Mapping[str, Any] | None) -> tuple[int, list[dict[str, str]]]:
-    """Write the package; returns (files classified, bad files)."""
+           dev_metrics: Mapping[str, Any] | None, dev_model: str | None = None) -> tuple[int, list[dict[str, str]]]:
+    """Write the package; returns (files classified, bad files). `dev_metrics`: the
+    evaluate stage's metrics.json, of which the `dev_model` entry is reported (default:
+    the entry of the model's kind, `metrics_entry`)."""
     model, meta = load_model_any(model_path)
+    dev = dev_metrics.get(dev_model or metrics_entry(meta)) if dev_metrics else None
     if list(meta["classes"]) != list(SCENES):
         raise InputError(f"{model_path}: classes {meta['classes']} are not the challenge's {list(SCENES)}")
     frontend = frontend_for(meta)
@@ -176,9 +179,8 @@ def submit(model_path: Path, audio_dir: Path, out_dir: Path, label: str, params:
     return len(rows), bad
 
 
-def metrics_entry(model_path: Path) -> str:
-    """The reports/metrics.json entry of a model's kind (the evaluate stage's names)."""
-    _, meta = load_model_any(model_path)
+def metrics_entry(meta: Mapping[str, Any]) -> str:
+    """The reports/metrics.json entry of a model's kind, from its meta (the evaluate stage's names)."""
     if not meta.get("quantized"):
         return "student_float"
     return "student_int8_onnx" if meta.get("format") == "onnx" else "student_int8"
@@ -202,9 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params_path = args.params or (root / "params.yaml" if root else None)
         params = read_params(params_path) if params_path and params_path.is_file() else None
         metrics_path = args.dev_metrics or (root / "reports/metrics.json" if root else None)
-        dev_model = args.dev_model or metrics_entry(args.model)
-        dev = json.loads(metrics_path.read_text()).get(dev_model) if metrics_path and metrics_path.is_file() else None
-        done, bad = submit(args.model, args.audio_dir, args.out, args.label, params, dev)
+        dev_metrics = json.loads(metrics_path.read_text()) if metrics_path and metrics_path.is_file() else None
+        done, bad = submit(args.model, args.audio_dir, args.out, args.label, params, dev_metrics, args.dev_model)
     except (InputError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

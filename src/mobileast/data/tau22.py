@@ -277,17 +277,11 @@ def probe_audio(root: Path, filenames: pd.Series, workers: int) -> tuple[pd.Data
     return pd.DataFrame(info, columns=["samplerate", "channels", "frames"]), problems
 
 
-def check_on_bad_file(on_bad_file: str) -> None:
-    if on_bad_file not in ON_BAD_FILE:
-        raise ParamsError(f"data.on_bad_file must be one of {', '.join(ON_BAD_FILE)}, got {on_bad_file!r}")
-
-
 def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, root: Path) -> list[dict[str, str]]:
-    """Apply data.on_bad_file to bad audio files {row of clips: reason}.
+    """Apply data.on_bad_file (checked by load_dataset) to bad audio files {row of clips: reason}.
 
     Raises DatasetError naming them for 'error'; returns the skip list for 'skip'.
     """
-    check_on_bad_file(on_bad_file)
     skipped = [{"filename": clips.filename.iat[row], "fold": str(clips.fold.iat[row]), "reason": problems[row]}
                for row in sorted(problems)]
     if skipped and on_bad_file == "error":
@@ -300,8 +294,9 @@ def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, r
 
 def load_dataset(root: Path, workers: int, on_bad_file: str = "error") -> Dataset:
     """Validate metadata and audio headers of a dataset in TAU22 layout (headers read on
-    `workers` processes); see Dataset."""
-    check_on_bad_file(on_bad_file)
+    `workers` processes); see Dataset. `on_bad_file` is checked first, before any file is read."""
+    if on_bad_file not in ON_BAD_FILE:
+        raise ParamsError(f"data.on_bad_file must be one of {', '.join(ON_BAD_FILE)}, got {on_bad_file!r}")
     root = Path(root)
     clips = read_clips(root)
     info, problems = probe_audio(root, clips.filename, workers)
