@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-from mobileast.config import load_params, project_root
+from mobileast.files import project_root
+
+from mobileast.params import load_params
 
 RECORDINGS = Path("data/recordings")
 RESAMPLED = Path("data/resampled")

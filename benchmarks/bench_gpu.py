@@ -6,7 +6,7 @@ teacher (profile tau22-passt: full-size PaSST, patchout, mixup; random weights, 
 as the AudioSet checkpoint), at each precision (fp32, bf16):
   full step:       what the engine's epoch loop does (mobileast.train._train_epoch):
                    batches of RecordingCrops.epoch_batches from a memory-mapped store,
-                   gathered and pinned one ahead in a background thread (train.prefetch),
+                   gathered and pinned one ahead in a background thread (inference.prefetch),
                    then optimizer_step with the real supervised_step (augmentation, frontend,
                    model under autocast, fp32 loss, backward, optimizer step);
   model-only step: the same optimizer_step on the same batches already on the device.
@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from mobileast.augment import Augmenter
-from mobileast.config import SCENES, load_params
+from mobileast.labels import SCENES
+from mobileast.params import load_params
 from mobileast.data.crops import Batch, RecordingCrops, hop_samples
 from mobileast.distill import DistillLoss
 from mobileast.features import LogMel
@@ -49,7 +50,8 @@ from mobileast.models import build_student
 from mobileast.models.passt import PaSST, PaSSTConfig
 from mobileast.profiles import apply, load_profile, profiles_dir
 from mobileast.recipes import supervised_step
-from mobileast.train import Schedule, TrainSettings, optimizer_step, predict, prefetch, resolve_precision
+from mobileast.inference import predict, prefetch, resolve_precision
+from mobileast.train import Schedule, TrainSettings, optimizer_step
 
 TAU22_TRAIN_RECORDINGS = 13_962  # 139,620 train-fold 1 s clips
 TAU22_EVALUATE_CLIPS = 29_680

@@ -1,7 +1,7 @@
 """Throughput of the teacher-logits dump (stage teacher_logits) on the train crop grid.
 
 Runs the dump's own code path, `mobileast.recipes.ensemble_logits` (which calls
-`mobileast.train.predict`: frontend + teacher, eval mode, no_grad), over the first
+`mobileast.inference.predict`: frontend + teacher, eval mode, no_grad), over the first
 `--batches` batches of `RecordingCrops(...).grid_batches(batch_size)` of the train
 recordings, with the teachers the stage uses (models/teacher.pt plus params.yaml
 `teacher.ensemble`). Without models/teacher.pt it uses an untrained `teacher_cnn` preset

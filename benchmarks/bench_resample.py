@@ -23,7 +23,9 @@ import librosa
 import soundfile as sf
 import soxr
 
-from mobileast.config import atomic_output, load_params, project_root
+from mobileast.files import atomic_output, project_root
+
+from mobileast.params import load_params
 from mobileast.data import DEMO_ROOT, tau22
 from mobileast.data.demo import DemoConfig, generate
 from mobileast.data.parallel import worker_count

@@ -37,7 +37,7 @@ import soundfile as sf
 import yaml
 from dvc_data.hashfile.hash import file_md5
 
-from mobileast.config import SCENES
+from mobileast.labels import SCENES
 from mobileast.data import tau22
 from mobileast.data.parallel import MAX_CHUNK, worker_count
 

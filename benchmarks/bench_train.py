@@ -42,7 +42,7 @@ from torch import nn
 
 from _common import setup
 from mobileast.augment import Augmenter, sample_beta
-from mobileast.config import SCENES
+from mobileast.labels import SCENES
 from mobileast.data.crops import Batch, RecordingCrops, train_crops
 from mobileast.deploy import frontend_for
 from mobileast.distill import DistillLoss

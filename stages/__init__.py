@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mobileast.config import InputError
+from mobileast.errors import InputError
 
 
 def run(main: Callable[[], None]) -> None:

@@ -6,7 +6,7 @@ transformer share, verdict bases) and reports/complexity.md."""
 from pathlib import Path
 
 from mobileast.complexity import complexity_report, headline, write_report
-from mobileast.config import write_json
+from mobileast.files import write_json
 from mobileast.deploy import input_shape, load_checkpoint_model, load_deployed
 from stages import run
 

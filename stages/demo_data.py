@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import time
 
-from mobileast.config import atomic_output, project_root, stage_params
+from mobileast.files import atomic_output, project_root
+
+from mobileast.params import stage_params
 from mobileast.data import DEMO_ROOT
 from mobileast.data.demo import DemoConfig, generate
 from stages import run

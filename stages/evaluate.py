@@ -5,7 +5,7 @@ stage's."""
 from pathlib import Path
 
 from mobileast import tracking
-from mobileast.config import flatten, stage_params
+from mobileast.params import flatten, stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.launch import prepare
 from mobileast.evaluate import evaluate_models, write_reports

@@ -7,7 +7,8 @@ clips (1 s each, so per clip is per file as `predict` sees them)."""
 from pathlib import Path
 
 from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
-from mobileast.config import InputError, write_json
+from mobileast.errors import InputError
+from mobileast.files import write_json
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.data.crops import evaluate_clips
 from mobileast.deploy import feature_args, frontend_for, load_checkpoint_model, load_deployed, load_onnx

@@ -3,7 +3,8 @@ on train crops), reports/quantize.json (parameter memory, agreement with the flo
 from pathlib import Path
 
 from mobileast import tracking
-from mobileast.config import flatten, stage_params, write_json
+from mobileast.files import write_json
+from mobileast.params import flatten, stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.quantize import quantize_student
 from stages import run

@@ -3,7 +3,7 @@ the resample stage already placed by recording and slice index -> data/recording
 (recordings.csv and a report listing the incomplete recordings; no copy of the audio)."""
 from __future__ import annotations
 
-from mobileast.config import atomic_output, project_root, write_json
+from mobileast.files import atomic_output, project_root, write_json
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.data.reassemble import build_table
 from mobileast.data.store import read_report

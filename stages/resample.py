@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 
-from mobileast.config import atomic_output, project_root, stage_params, write_json
+from mobileast.files import atomic_output, project_root, write_json
+
+from mobileast.params import stage_params
 from mobileast.data import RESAMPLED_DIR, dataset_root
 from mobileast.data.resample import build_store
 from stages import run

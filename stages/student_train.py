@@ -1,7 +1,7 @@
 """Stage student_train: MobileAST_Light distilled from the teacher logits -> models/student.pt."""
 from pathlib import Path
 
-from mobileast.config import stage_params
+from mobileast.params import stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.launch import prepare
 from mobileast.plots import plot_history

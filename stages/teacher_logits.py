@@ -4,7 +4,8 @@ models/teacher.pt and the `teacher.ensemble` checkpoints (in models/ensemble/) a
 from pathlib import Path
 
 from mobileast import tracking
-from mobileast.config import flatten, stage_params, write_json
+from mobileast.files import write_json
+from mobileast.params import flatten, stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.launch import prepare
 from mobileast.metrics import summary

@@ -1,7 +1,7 @@
 """Stage teacher_train: train the teacher (demo CNN, or fine-tune PaSST) -> models/teacher.pt."""
 from pathlib import Path
 
-from mobileast.config import stage_params
+from mobileast.params import stage_params
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.launch import prepare
 from mobileast.plots import plot_history

@@ -4,7 +4,7 @@ every `dvc repro` / `dvc exp run` leaves exactly one summary run per experiment 
 whether the other stages ran, were skipped or were restored from DVC's run cache.
 
 Depends on the whole params.yaml: the summary run records every parameter."""
-from mobileast.config import load_params
+from mobileast.params import load_params
 from mobileast.summary import sync
 from stages import run
 

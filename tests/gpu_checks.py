@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mobileast.augment import Augmenter
-from mobileast.config import load_params
+from mobileast.params import load_params
 from mobileast.data.crops import Batch
 from mobileast.deploy import frontend_for
 from mobileast.distill import DistillLoss
@@ -17,7 +17,8 @@ from mobileast.features import LogMel
 from mobileast.models import build_student
 from mobileast.models.passt import PaSST, PaSSTConfig
 from mobileast.recipes import SPEC_AUGMENTS, supervised_step
-from mobileast.train import Schedule, TrainSettings, optimizer_step, predict
+from mobileast.inference import predict
+from mobileast.train import Schedule, TrainSettings, optimizer_step
 
 PARAMS = load_params()
 STUDENT_FEATURES = {**PARAMS["features"], "n_mels": 64}  # the student recipe's frontend, fewer mel bins

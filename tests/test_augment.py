@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from mobileast.augment import (SECTIONS, Augmenter, add_noise, cutmix, istft, mask_bands, mixstyle, mixup,
                                pitch_shift, sample_beta, time_shift)
-from mobileast.config import load_params
+from mobileast.params import load_params
 
 SR = 32000
 PARAMS = load_params(Path(__file__).parents[1] / "params.yaml")["augment"]

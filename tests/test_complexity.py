@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mobileast.complexity import (INPUT_SHAPE, complexity_report, macs_full_by_module, main,
                                   param_memory_bytes, param_memory_bytes_int8_estimate, write_report)
-from mobileast.config import SCENES
+from mobileast.labels import SCENES
 from mobileast.models import build_preset, model_spec
 from mobileast.models.mobileast import PRESETS, MatMul, fold_bn
 

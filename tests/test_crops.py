@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mobileast.config import SCENES
+from mobileast.labels import SCENES
 from mobileast.data.crops import ClipSource, RecordingCrops, crop_grid
 
 

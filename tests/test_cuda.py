@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpu_checks
-from mobileast.train import prefetch, resolve_precision
+from mobileast.inference import prefetch, resolve_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

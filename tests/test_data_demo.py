@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mobileast.config import DEVICES, SCENES, UNSEEN_DEVICES
+from mobileast.labels import DEVICES, SCENES, UNSEEN_DEVICES
 from mobileast.data import tau22
 from mobileast.data.demo import DEVICE_MODELS, DemoConfig, generate, plan
 

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from mobileast.config import atomic_output
+from mobileast.files import atomic_output
 from mobileast.data import reassemble, resample, tau22
 from mobileast.data.audio import load_mono, to_int16
 from mobileast.data.resample import build_store

@@ -101,7 +101,7 @@ def test_a_typo_in_params_stops_the_stage_naming_it(project):
 
 
 def test_a_killed_stage_leaves_a_scratch_directory_that_the_next_run_removes(project):
-    script = ("import os, signal\nfrom mobileast.config import atomic_output\n"
+    script = ("import os, signal\nfrom mobileast.files import atomic_output\n"
               "with atomic_output('data/resampled') as tmp:\n    tmp.mkdir()\n    (tmp / 'part').write_text('x')\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
     subprocess.run([sys.executable, "-c", script], cwd=project, env={**os.environ, "PYTHONPATH": str(REPO / "src")})

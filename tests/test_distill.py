@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from mobileast.config import load_params
+from mobileast.params import load_params
 from mobileast.distill import DistillLoss, dkd_loss, dkd_parts, kd_loss, warmup_factor
 
 

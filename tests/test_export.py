@@ -14,7 +14,8 @@ import yaml
 
 from mobileast import deploy, quantize, submit
 from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
-from mobileast.config import SCENES, InputError
+from mobileast.errors import InputError
+from mobileast.labels import SCENES
 from mobileast.export import export, export_int8
 from mobileast.models import model_spec
 from mobileast.models.mobileast import fold_bn

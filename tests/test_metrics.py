@@ -7,7 +7,7 @@ import sklearn.metrics as skm
 import torch
 
 from mobileast import metrics
-from mobileast.config import SCENES
+from mobileast.labels import SCENES
 
 N_CLASSES = len(SCENES)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mobileast.config import ParamsError
+from mobileast.errors import ParamsError
 from mobileast.models import build_model, build_preset, build_student, model_spec
 from mobileast.models.mobileast import (PRESETS, Attention, MobileASTConfig, MobileASTLight, Patches,
                                         fold_bn)

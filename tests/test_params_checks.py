@@ -12,7 +12,11 @@ import pytest
 import torch
 import yaml
 
-from mobileast.config import SCENES, ParamsError, read_params
+from mobileast.errors import ParamsError
+
+from mobileast.labels import SCENES
+
+from mobileast.params import read_params
 from mobileast.data import dataset_root
 from mobileast.data.crops import evaluate_clips, hop_samples, train_crops
 from mobileast.data.parallel import worker_count
@@ -20,7 +24,8 @@ from mobileast.data.tau22 import load_dataset
 from mobileast.models import build_student
 from mobileast.recipes import build_teacher
 from mobileast.schema import SCHEMA
-from mobileast.train import TrainSettings, resolve_precision
+from mobileast.inference import resolve_precision
+from mobileast.train import TrainSettings
 from stages import run
 from test_crops import make_clip_store, make_recordings_store
 

@@ -20,9 +20,10 @@ import torch
 import gpu_checks
 from mobileast import launch
 from mobileast.augment import HostDecisions, pitch_shift
-from mobileast.config import ParamsError
+from mobileast.errors import ParamsError
 from mobileast.data.crops import RecordingCrops
-from mobileast.train import Prefetcher, TrainSettings, Runtime, _with_sync_bn, prefetch, resolve_precision
+from mobileast.inference import Prefetcher, prefetch, resolve_precision
+from mobileast.train import TrainSettings, Runtime, _with_sync_bn
 from test_train import CLIP, make_stores, train, train_settings
 
 CPU = torch.device("cpu")

@@ -18,7 +18,8 @@ import yaml
 
 from mobileast import profiles
 from mobileast.augment import Augmenter
-from mobileast.config import InputError, ParamsError, check_params, read_params, read_yaml, select
+from mobileast.errors import InputError, ParamsError
+from mobileast.params import check_params, read_params, read_yaml, select
 from mobileast.distill import DistillLoss
 from mobileast.models import build_preset, build_student
 from mobileast.models.passt import PaSSTConfig

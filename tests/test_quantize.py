@@ -13,7 +13,7 @@ from torch import nn
 
 from mobileast import quantize
 from mobileast.complexity import param_memory_bytes, param_memory_bytes_int8_estimate
-from mobileast.config import SCENES
+from mobileast.labels import SCENES
 from mobileast.data.crops import RecordingCrops
 from mobileast.deploy import load_deployed
 from mobileast.features import LogMel

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from mobileast.augment import Augmenter
-from mobileast.config import SCENES, ParamsError, load_params
+from mobileast.errors import ParamsError
+from mobileast.labels import SCENES
+from mobileast.params import load_params
 from mobileast.data.crops import train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss

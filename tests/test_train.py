@@ -16,7 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from mobileast.config import SCENES, load_params
+from mobileast.labels import SCENES
+
+from mobileast.params import load_params
 from mobileast.data.crops import ClipSource, RecordingCrops
 from mobileast.features import LogMel
 from mobileast.train import (Outputs, Schedule, TrainSettings, classification_validator, file_identity, fit,

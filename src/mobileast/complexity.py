@@ -36,7 +36,7 @@ import torch
 import torchinfo
 from torch import nn
 
-from mobileast.config import atomic_output, write_json
+from mobileast.files import atomic_output, write_json
 from mobileast.deploy import load_checkpoint_model
 from mobileast.models import PRESETS, build_preset, model_spec
 from mobileast.models.mobileast import MatMul, TransformerLayer, fold_bn

@@ -30,7 +30,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mobileast.config import InputError, atomic_output
+from mobileast.errors import InputError
+
+from mobileast.files import atomic_output
 from mobileast.features import LogMel
 
 META_FILE = "meta.json"

@@ -21,13 +21,17 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from mobileast.config import SCENES, atomic_output, progress, write_json
+from mobileast.files import atomic_output, write_json
+
+from mobileast.labels import SCENES
+
+from mobileast.progress import progress
 from mobileast.data.crops import ClipSource, check_clip_rate
 from mobileast.data.reassemble import read_recordings
 from mobileast.deploy import feature_args, frontend_for, load_model_any
 from mobileast.metrics import evaluate_predictions, summary
 from mobileast.plots import save_figure
-from mobileast.train import predict, resolve_precision
+from mobileast.inference import predict, resolve_precision
 
 Results = Mapping[str, Mapping[str, Any]]
 
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from mobileast.config import InputError
+    from mobileast.errors import InputError
     from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 
     parser = argparse.ArgumentParser(prog="python -m mobileast evaluate",

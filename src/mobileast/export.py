@@ -28,7 +28,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mobileast.config import InputError, atomic_output
+from mobileast.errors import InputError
+
+from mobileast.files import atomic_output
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.deploy import META_FILE, input_shape, load_checkpoint_model, load_deployed, load_model_any
 from mobileast.models.mobileast import AttentionCore, deploy_form

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from mobileast.config import ParamsError
+from mobileast.errors import ParamsError
 from mobileast.tracking import store_root
 
 LOCK_DIR = Path(".dvc") / "tmp" / "gpu-locks"

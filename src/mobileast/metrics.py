@@ -1,7 +1,7 @@
 """Classification metrics of the evaluation (SPEC section 10), as pure numpy functions.
 
 Conventions: `labels` and `pred` are integer class indices (0 .. n_classes-1, the
-order of mobileast.config.SCENES); `probs` are rows of class probabilities. A class
+order of mobileast.labels.SCENES); `probs` are rows of class probabilities. A class
 or device without any evaluation clip has no accuracy: functions return NaN for it,
 and `evaluate_predictions` reports it as None so the result stays valid JSON.
 """
@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mobileast.config import DEVICES
+from mobileast.labels import DEVICES
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def device_order(devices: Iterable[str]) -> list[str]:
-    """Devices sorted as in mobileast.config.DEVICES, unknown ones alphabetically after."""
+    """Devices sorted as in mobileast.labels.DEVICES, unknown ones alphabetically after."""
     rank = {d: i for i, d in enumerate(DEVICES)}
     return sorted(set(devices), key=lambda d: (rank.get(d, len(rank)), d))
 
@@ -89,7 +89,7 @@ def evaluate_predictions(logits: np.ndarray, labels: np.ndarray, devices: Sequen
     indices; devices: (n_clips,) recording device of each clip; train_devices: the
     devices present in the training fold. A device of the evaluation fold is "unseen"
     when it never occurs in the training fold; that is how TAU22's s4..s6
-    (mobileast.config.UNSEEN_DEVICES) are defined, and it stays right for datasets
+    (mobileast.labels.UNSEEN_DEVICES) are defined, and it stays right for datasets
     or demo settings with other device sets. `accuracy_seen` / `accuracy_unseen` are
     accuracies over all clips of seen / unseen devices (pooled, not a mean of
     per-device accuracies; the two agree on TAU22's device-balanced evaluate fold).

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mobileast.config import atomic_output
+from mobileast.files import atomic_output
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:

@@ -40,8 +40,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from mobileast.config import InputError, ParamsError, atomic_output, check_params, project_root, \
-    read_yaml, schema_at
+from mobileast.errors import InputError, ParamsError
+from mobileast.files import atomic_output, project_root
+from mobileast.params import check_params, read_yaml, schema_at
 from mobileast.schema import SCHEMA
 
 PROFILES_DIR = "profiles"

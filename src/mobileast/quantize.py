@@ -74,7 +74,7 @@ from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxOb
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from mobileast.complexity import LIMIT_PARAM_MEMORY_BYTES, param_memory_bytes
-from mobileast.config import params_errors
+from mobileast.errors import params_errors
 from mobileast.data.crops import evaluate_clips, train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model, load_deployed, save_deployed
 from mobileast.features import LogMel

@@ -25,15 +25,18 @@ from torch import nn
 
 from mobileast import tracking
 from mobileast.augment import Augmenter
-from mobileast.config import SCENES, ParamsError, atomic_output, params_errors, progress
+from mobileast.errors import ParamsError, params_errors
+from mobileast.files import atomic_output
+from mobileast.labels import SCENES
+from mobileast.progress import progress
 from mobileast.data.crops import Batch, RecordingCrops, evaluate_clips, train_crops
 from mobileast.deploy import feature_args, frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
 from mobileast.metrics import evaluate_predictions
 from mobileast.models import build_preset, build_student, model_spec
 from mobileast.models.cnn import PRESETS as CNN_PRESETS
-from mobileast.train import (Outputs, Runtime, StepFn, TrainSettings, autocast, classification_validator, fit,
-                             predict, resolve_precision, runtime)
+from mobileast.inference import autocast, predict, resolve_precision
+from mobileast.train import Outputs, Runtime, StepFn, TrainSettings, classification_validator, fit, runtime
 
 SPEC_AUGMENTS = ("mixstyle", "cutmix", "masking")
 

@@ -1,4 +1,4 @@
-"""The keys of params.yaml: every section, every key (mobileast.config checks files against it).
+"""The keys of params.yaml: every section, every key (mobileast.params checks files against it).
 
 A section maps its key names to a nested section (dict), to LEAF (a value), or to FREE
 (a mapping whose keys the code that uses it checks: the model config fields of

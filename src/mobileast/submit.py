@@ -37,7 +37,10 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from mobileast.complexity import complexity_report, onnx_param_memory_bytes
-from mobileast.config import SCENES, InputError, atomic_output, project_root, read_params, write_json
+from mobileast.errors import InputError
+from mobileast.files import atomic_output, project_root, write_json
+from mobileast.labels import SCENES
+from mobileast.params import read_params
 from mobileast.deploy import frontend_for, input_shape, load_model_any
 from mobileast.predict import predict_file
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import yaml
 
 from mobileast import tracking
-from mobileast.config import flatten
+from mobileast.params import flatten
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from mobileast.config import flatten, project_root
+from mobileast.files import project_root
+
+from mobileast.params import flatten
 
 # mlflow reports usage to its servers unless told not to; this project runs offline.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from mobileast.config import ParamsError
+from mobileast.errors import ParamsError
 
 SOURCES = ("demo", "tau22")
 DEMO_ROOT = Path("data/demo")

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mobileast.config import SCENES, ParamsError
+from mobileast.errors import ParamsError
+
+from mobileast.labels import SCENES
 from mobileast.data.reassemble import read_recordings
 from mobileast.data.store import read_index
 

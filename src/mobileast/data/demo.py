@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from mobileast.config import DEVICES, SCENES, UNSEEN_DEVICES
+from mobileast.labels import DEVICES, SCENES, UNSEEN_DEVICES
 from mobileast.data import tau22
 from mobileast.data.audio import to_int16
 from mobileast.data.parallel import runner

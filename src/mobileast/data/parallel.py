@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from mobileast.config import ParamsError
+from mobileast.errors import ParamsError
 
 MAX_CHUNK = 128  # items of one task at most
 _shared: Any = None  # what runner(shared=...) gave the workers

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mobileast.config import InputError
+from mobileast.errors import InputError
 from mobileast.data import tau22
 from mobileast.data.store import INDEX_FILE, read_index
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mobileast.config import progress
+from mobileast.progress import progress
 from mobileast.data import tau22
 from mobileast.data.audio import load_mono, to_int16
 from mobileast.data.parallel import runner, shared

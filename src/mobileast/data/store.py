@@ -84,5 +84,5 @@ def read_index(store_dir: Path) -> pd.DataFrame:
 
 
 def read_report(path: Path) -> dict[str, Any]:
-    """Read a stage report (written by mobileast.config.write_json)."""
+    """Read a stage report (written by mobileast.files.write_json)."""
     return json.loads(Path(path).read_text())

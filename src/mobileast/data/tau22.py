@@ -24,7 +24,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from mobileast.config import SCENES, InputError, ParamsError, progress
+from mobileast.errors import InputError, ParamsError
+
+from mobileast.labels import SCENES
+
+from mobileast.progress import progress
 from mobileast.data.parallel import runner, shared
 from mobileast.data.store import CHUNK_ROWS, FOLDS, compact, concat_compact, read_table
 

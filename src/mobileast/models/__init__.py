@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from mobileast.config import ParamsError, params_errors
+from mobileast.errors import ParamsError, params_errors
 
 from mobileast.models.cnn import PRESETS as CNN_PRESETS
 from mobileast.models.mobileast import PRESETS as STUDENT_PRESETS

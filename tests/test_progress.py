@@ -1,10 +1,10 @@
-"""Helpers of mobileast.config: progress reporting in logs."""
+"""mobileast.progress: progress reporting in logs."""
 from __future__ import annotations
 
 import io
 import re
 
-from mobileast.config import progress
+from mobileast.progress import progress
 
 
 class Log(io.StringIO):

@@ -1,56 +1,16 @@
-"""Project root, params.yaml loading and small helpers shared by all stages."""
+"""params.yaml: reading it as DVC does, checking it against mobileast.schema, and selecting
+the part a stage declares."""
 from __future__ import annotations
 
-import glob
-import json
-import os
 import re
-import shutil
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, TextIO
+from typing import Any, Iterable, Mapping
 
 import yaml
-from tqdm import tqdm
 
+from mobileast.errors import ParamsError
+from mobileast.files import project_root
 from mobileast.schema import FREE, SCHEMA
-
-SCENES = (
-    "airport", "bus", "metro", "metro_station", "park",
-    "public_square", "shopping_mall", "street_pedestrian", "street_traffic", "tram",
-)
-DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
-UNSEEN_DEVICES = ("s4", "s5", "s6")
-LOG_PROGRESS_INTERVAL = 60.0  # s between progress lines when stderr is no terminal
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The directory holding dvc.yaml, searched upwards from `start` (default: cwd)."""
-    here = Path(start or os.getcwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no dvc.yaml found in {here} or any parent directory")
-
-
-class InputError(ValueError):
-    """Bad input a user must fix (params, dataset, model file); the message says what and where."""
-
-
-class ParamsError(InputError):
-    """params.yaml (or overrides of it) does not match mobileast.schema; the message names
-    the key, its section and the keys the section knows."""
-
-
-@contextmanager
-def params_errors(section: str) -> Iterator[None]:
-    """Re-raise a ValueError (a ParamsError too) or TypeError of building something from
-    params `section` as a ParamsError naming it, so the stage ends with the message."""
-    try:
-        yield
-    except (ValueError, TypeError) as error:
-        raise ParamsError(f"params.yaml, {section}: {error}") from None
 
 
 class YAML12Loader(yaml.SafeLoader):
@@ -189,78 +149,3 @@ def stage_params(keys: Iterable[str]) -> dict[str, Any]:
     params = read_params()
     check_params(params, keys)
     return select(params, keys)
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path (file or directory) to write `path`'s content to.
-
-    On success the temporary is renamed onto `path` (replacing an old output in one
-    step); on any error it is deleted, so an interrupted stage leaves no partial
-    output and the previous output, if any, stays intact. The temporary has the same
-    name as `path` (inside a hidden sibling directory, `.<name>.tmp`), so formats that
-    record their own file name (e.g. TorchScript archives) come out byte-identical on
-    every run. A process killed outright (SIGKILL, power loss) cannot clean up: its
-    scratch directory has a fixed name, so the next write of the same output removes it
-    (and those of older versions, named `.<name>.tmp-<pid>`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    for stale in (scratch, *path.parent.glob(f".{glob.escape(path.name)}.tmp-*")):
-        _remove(stale)
-    scratch.mkdir()
-    tmp = scratch / path.name
-    try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            old = scratch / f"{path.name}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        _remove(scratch)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON with a final newline, atomically (same content, same bytes)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-class _Lines:
-    """A stream for tqdm that writes every status as a line of its own: a log (CI, a
-    queued `dvc exp run`) gets readable lines instead of carriage-return redraws."""
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        line = text.replace("\r", "").rstrip()
-        if line:
-            self.stream.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress(iterable: Iterable[Any] | None = None, *, interval: float = LOG_PROGRESS_INTERVAL,
-             **kwargs: Any) -> tqdm:
-    """A tqdm progress bar with ETA on stderr for a long loop (kwargs: tqdm's, e.g. total, desc, unit).
-
-    On a terminal it is redrawn in place (at most once a second); otherwise it writes
-    a line when the loop starts, at most every `interval` seconds, and when it ends, so
-    logs show progress and ETA without being flooded.
-    """
-    if sys.stderr.isatty():
-        return tqdm(iterable, mininterval=1, **kwargs)
-    return tqdm(iterable, file=_Lines(sys.stderr), mininterval=interval, maxinterval=interval, **kwargs)

@@ -1,0 +1,64 @@
+"""Project root lookup and atomic file outputs (an interrupted write never leaves a partial file)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The directory holding dvc.yaml, searched upwards from `start` (default: cwd)."""
+    here = Path(start or os.getcwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no dvc.yaml found in {here} or any parent directory")
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path (file or directory) to write `path`'s content to.
+
+    On success the temporary is renamed onto `path` (replacing an old output in one
+    step); on any error it is deleted, so an interrupted stage leaves no partial
+    output and the previous output, if any, stays intact. The temporary has the same
+    name as `path` (inside a hidden sibling directory, `.<name>.tmp`), so formats that
+    record their own file name (e.g. TorchScript archives) come out byte-identical on
+    every run. A process killed outright (SIGKILL, power loss) cannot clean up: its
+    scratch directory has a fixed name, so the next write of the same output removes it
+    (and those of older versions, named `.<name>.tmp-<pid>`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    for stale in (scratch, *path.parent.glob(f".{glob.escape(path.name)}.tmp-*")):
+        _remove(stale)
+    scratch.mkdir()
+    tmp = scratch / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = scratch / f"{path.name}.old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(scratch)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON with a final newline, atomically (same content, same bytes)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

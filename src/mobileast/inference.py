@@ -1,0 +1,109 @@
+"""Logits from a model: precision policy, device placement and batch prefetching.
+
+Every path that turns audio into logits runs through here: validation during training,
+the teacher-logit dump, evaluation, quantization and export agreement, `predict` and
+`submit`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from mobileast.data.crops import Batch
+from mobileast.errors import ParamsError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "precision") -> str:
+    """`auto`: bf16 on a CUDA device that supports it, else fp32 (CPU training stays fp32,
+    so CPU results are those of the fp32 code). fp32, bf16 and fp16 are taken as given
+    (bf16 and fp16 also on CPU, where autocast runs them, slowly). `key`: the params key
+    it comes from, for the error."""
+    if precision not in PRECISIONS:
+        raise ParamsError(f"{key} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """The autocast context of a resolved precision on `device` (a no-op for fp32)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32),
+                          enabled=precision in AUTOCAST_DTYPES)
+
+
+def predict(model: nn.Module, frontend: nn.Module, batches: Iterable[Batch],
+            device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """Logits (N, classes) float32 of every batch, in order, on the CPU (model in eval mode).
+
+    The frontend runs in fp32, the model under autocast of `precision` (resolved). Batches
+    are gathered one ahead in a background thread (`prefetch`)."""
+    was_training = model.training
+    model.eval()
+    logits = []
+    with torch.no_grad():
+        for batch in prefetch(batches, device):
+            spec = frontend(batch.wave)
+            with autocast(precision, device):
+                out = model(spec)
+            logits.append(out.float().cpu())
+    model.train(was_training)
+    return torch.cat(logits) if logits else torch.zeros(0)
+
+
+def prefetch(batches: Iterable[Batch], device: torch.device, depth: int = 2) -> Iterator[Batch]:
+    """`batches` moved to `device`, the next ones gathered in a background thread (Prefetcher)."""
+    return iter(Prefetcher(batches, device, depth))
+
+
+class Prefetcher:
+    """Iterate `batches` with the next one gathered (and, for CUDA, pinned) in a background
+    thread while the caller works on the current one; each is moved to `device`
+    (non-blocking from pinned memory). Yields exactly the batches of `batches`, in order;
+    an exception in the producer is raised in the caller."""
+
+    _DONE = object()
+
+    def __init__(self, batches: Iterable[Batch], device: torch.device, depth: int = 2):
+        self.device, self.pin = torch.device(device), torch.device(device).type == "cuda"
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(iter(batches),), daemon=True)
+        self.thread.start()
+
+    def _produce(self, batches: Iterator[Batch]) -> None:
+        try:
+            for batch in batches:
+                if not self._put(batch.pin_memory() if self.pin else batch):
+                    return
+            self._put(self._DONE)
+        except BaseException as error:  # handed to the consumer
+            self._put(error)
+
+    def _put(self, item: Any) -> bool:
+        """Queue `item` unless the consumer has gone (then False: never block on a full queue)."""
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            while True:
+                item = self.queue.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.to(self.device, non_blocking=self.pin)
+        finally:
+            self.stop.set()
