@@ -8,7 +8,7 @@ PYTHON ?= python3
 # themselves: stages/python).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv repro test ui bench clean-venv
+.PHONY: venv repro test ui bench docs clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,14 +24,24 @@ repro: venv
 test: venv
 	python -m pytest
 
-# MLflow UI on the project's store, loopback only, one worker (about 0.5 GB of RAM).
+# MLflow UI on the project's store, loopback only, one worker (a light server). A store URI in
+# MLFLOW_TRACKING_URI (sqlite:, postgresql:, a path) is served instead; an http(s) URI is a
+# tracking server that already has its UI, so there is nothing to start.
 UI_PORT ?= 5000
 ui: venv
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
-	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
+	@case "$${MLFLOW_TRACKING_URI:-}" in \
+	  http://*|https://*) echo "MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI is a tracking server: open it in a browser" \
+	    "(unset MLFLOW_TRACKING_URI to serve the local store sqlite:///$(CURDIR)/mlflow.db)";; \
+	  *) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
+	       --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}";; \
+	esac
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b || exit 1; done
+
+# docs/cli.md from the commands' argparse definitions (tests/test_docs.py fails when it is stale).
+docs: venv
+	python -m mobileast.cli_docs docs/cli.md
 
 clean-venv:
 	rm -rf $(VENV)

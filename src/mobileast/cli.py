@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import sys
+from pathlib import Path
 
 COMMANDS = {
     "complexity": ("mobileast.complexity", "params, MACs and parameter memory of a model"),
@@ -16,12 +18,35 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed package's version; pyproject.toml's when the package is not installed (a bare checkout)."""
+    try:
+        return importlib.metadata.version("mobileast")
+    except importlib.metadata.PackageNotFoundError:
+        import tomllib
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+def usage() -> str:
+    lines = [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return ("usage: python -m mobileast <command> [options]   (or: mobileast <command> [options])\n\n"
+            "commands:\n" + "\n".join(lines) + "\n\n"
+            "`python -m mobileast <command> --help` describes a command; --version prints the version.")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m mobileast <command> [options]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] == "--version":
+        print(f"mobileast {version()}")
+        return 0
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        problem = f"unknown command '{argv[0]}'" if argv else "no command given"
+        print(f"error: {problem}; known commands: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
+        return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         status = module.main(argv[1:]) or 0

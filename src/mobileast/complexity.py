@@ -335,7 +335,17 @@ def write_report(report: dict[str, Any], json_path: str | Path, md_path: str | P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast complexity", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast complexity", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Params, MACs and parameter memory of a student against the DCASE2023 Task 1 limits\n"
+                    "(30 M MACs per 1 s clip, 128 kB of parameter memory), counted on the deployment form\n"
+                    "(BN folded) for one 1 x 1 x 256 x 64 input, without the mel frontend. MACs are given in\n"
+                    "two conventions: macs_dcase (torchinfo's total mult-adds, as the challenge's nessi\n"
+                    "helper counts) and macs_full (every conv and Linear per position and token, plus the\n"
+                    "attention matrix products); see docs/models.md.",
+        epilog="examples:\n"
+               "  python -m mobileast complexity --preset sub1\n"
+               "  python -m mobileast complexity --checkpoint models/student.pt --quantized models/student_int8.pt --json")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(PRESETS), help="a named preset (no trained model needed)")
     source.add_argument("--checkpoint", help="a training checkpoint (float model)")

@@ -189,13 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     from mobileast.errors import InputError
     from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 
-    parser = argparse.ArgumentParser(prog="python -m mobileast evaluate",
-                                     description="accuracy, macro accuracy, log loss (also per device) of models "
-                                                 "(TorchScript, ONNX or training checkpoint) on the evaluate fold")
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Accuracy, macro class accuracy and log loss (also per device, seen and unseen) of\n"
+                    "models on the evaluate fold of the pipeline's resampled store. A model is an int8\n"
+                    "TorchScript file, an ONNX file (run with onnxruntime) or a training checkpoint.",
+        epilog="example:\n"
+               "  python -m mobileast evaluate --model models/student_int8.onnx --model models/student_int8.pt")
     parser.add_argument("--model", action="append", required=True, type=Path, help="a model file; repeatable")
     parser.add_argument("--resampled", type=Path, default=RESAMPLED_DIR, help=f"default {RESAMPLED_DIR}")
     parser.add_argument("--recordings", type=Path, default=RECORDINGS_DIR, help=f"default {RECORDINGS_DIR}")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="clips per model call (default 128)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = parser.parse_args(argv)
     try:

@@ -170,7 +170,17 @@ def export(model_path: str | Path, out: str | Path, recordings: Path = RECORDING
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast export", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A trained student as an ONNX model (opset 23, dynamic batch, checked with\n"
+                    "onnx.checker). From the float checkpoint: a float model. From the int8 TorchScript\n"
+                    "model: the float checkpoint it was made from, converted to QDQ int8 with the scales\n"
+                    "and int8 weights PyTorch chose (calibrated on the same training crops, read from\n"
+                    "--recordings and --resampled). The model's meta rides in the ONNX metadata, so\n"
+                    "predict, evaluate and submit run it like the TorchScript model.",
+        epilog="examples:\n"
+               "  python -m mobileast export --model models/student.pt --format onnx student.onnx\n"
+               "  python -m mobileast export --model models/student_int8.pt --format onnx student_int8.onnx")
     parser.add_argument("--model", required=True, help="models/student.pt (float) or models/student_int8.pt (int8)")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
     parser.add_argument("--recordings", type=Path, default=RECORDINGS_DIR,

@@ -76,9 +76,10 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def device_order(devices: Iterable[str]) -> list[str]:
-    """Devices sorted as in mobileast.labels.DEVICES, unknown ones alphabetically after."""
+    """Devices sorted as in mobileast.labels.DEVICES, unknown ones alphabetically after; plain str
+    (not numpy.str_, whose repr would show in logs and run params)."""
     rank = {d: i for i, d in enumerate(DEVICES)}
-    return sorted(set(devices), key=lambda d: (rank.get(d, len(rank)), d))
+    return sorted({str(d) for d in devices}, key=lambda d: (rank.get(d, len(rank)), d))
 
 
 def evaluate_predictions(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str],

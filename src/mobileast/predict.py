@@ -118,9 +118,15 @@ def format_result(result: dict[str, Any], per_second: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mobileast predict",
-        description="Acoustic scene and class probabilities of audio files (any sample rate, "
-                    "mono or stereo), averaged over the file's 1 s clips.")
+        prog="python -m mobileast predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Acoustic scene and class probabilities of audio files. Any sample rate, mono or\n"
+                    "stereo (downmixed); each file is resampled to the model's rate, cut into 1 s clips and\n"
+                    "its prediction is the mean of its clips' class probabilities. A file that cannot be\n"
+                    "read gets an error line on stderr and the others are still predicted.\n"
+                    "Exit status: 0 if every file was predicted, 1 if any failed, 2 if the model cannot load.",
+        epilog="examples:\n"
+               "  python -m mobileast predict --model models/student_int8.pt some.wav other.flac\n"
+               "  python -m mobileast predict --model models/student_int8.onnx --per-second --json some.wav")
     parser.add_argument("--model", required=True,
                         help="deployed model (TorchScript from the quantize stage, or ONNX from export) "
                              "or a training checkpoint")

@@ -268,7 +268,19 @@ def as_yaml(profiles: Sequence[Profile], overrides: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast profile", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast profile", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Named, versioned sets of params.yaml overrides (profiles/<name>.yaml): the report's\n"
+                    "TAU22 setups. Without --apply or --dvc-args, print the combined overrides as YAML.\n"
+                    "Profiles combine in order; --set wins; two profiles giving one key different values\n"
+                    "is an error. --apply and --dvc-args also set the params key `profile` to the\n"
+                    "profiles' names and versions.",
+        epilog="examples:\n"
+               "  python -m mobileast profile --list\n"
+               "  python -m mobileast profile tau22-sub1\n"
+               "  python -m mobileast profile tau22-passt tau22-sub1 --set data.root=/datasets/tau22 --apply\n"
+               "  python -m mobileast profile tau22-passt tau22-sub1 --set data.root=/datasets/tau22 --dvc-args \\\n"
+               "      | xargs .venv/bin/dvc exp run -n tau22-sub1")
     parser.add_argument("names", nargs="*", help="profiles to combine, in order")
     parser.add_argument("--list", action="store_true", help="list the profiles")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -190,7 +190,16 @@ def metrics_entry(meta: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast submit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast submit", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A DCASE2023 Task 1 submission package from a trained model, written into --out:\n"
+                    "<label>.output.csv (tab-separated filename, scene_label and one probability column\n"
+                    "per class in the official order), <label>.complexity.json and <label>.meta.yaml\n"
+                    "(filled with what the pipeline knows, the rest marked FILL IN). Files that cannot be\n"
+                    "read are listed in <label>.bad_files.tsv and on stderr, and the exit status is 1.",
+        epilog="example:\n"
+               "  python -m mobileast submit --model models/student_int8.pt --audio-dir /data/eval/audio \\\n"
+               "      --out submission/ --label Lastname_INST_task1_1")
     parser.add_argument("--model", required=True, type=Path, help="int8 TorchScript, int8 ONNX or a float checkpoint")
     parser.add_argument("--audio-dir", required=True, type=Path, help="folder of WAV files (searched recursively)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the package into")

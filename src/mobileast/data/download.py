@@ -90,7 +90,14 @@ def download(dest: Path, url: str = URL, keep_archives: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast download", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast download", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Download the TAU Urban Acoustic Scenes 2022 Mobile development set (Zenodo record\n"
+                    "6337421), check every archive against its published md5 sum, unpack it into DEST and\n"
+                    "print the dataset root to set as data.root. Archives already present and verified are\n"
+                    "not fetched again, so an interrupted download resumes archive by archive.",
+        epilog="example:\n"
+               "  python -m mobileast download /datasets/tau22")
     parser.add_argument("dest", type=Path, help="directory to download and unpack into")
     parser.add_argument("--keep-archives", action="store_true", help="keep the zip files after unpacking")
     args = parser.parse_args(argv)
