@@ -1,4 +1,4 @@
-"""Batched training augmentations (SPEC section 3), on the tensors' device.
+"""Batched training augmentations, on the tensors' device.
 
 Waveform (B, samples): time shift, pitch shift, mixup, Gaussian noise.
 Log-mel spectrogram (B, 1, F, T): frequency-wise MixStyle, CutMix, time/frequency masking.

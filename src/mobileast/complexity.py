@@ -1,4 +1,4 @@
-"""Complexity of a model against the DCASE2023 Task 1 limits (SPEC section 9).
+"""Complexity of a model against the DCASE2023 Task 1 limits.
 
 Counted on the deployment form (BN folded into the convs) for one 1 s input of
 1 x 1 x 256 x 64, without the mel frontend:

@@ -3,7 +3,7 @@
 All KL terms are computed in log space from `log_softmax`, so they stay finite for any
 finite logits (e.g. +-1e4) and any number of classes >= 3.
 
-DKD (SPEC section 7), with p = softmax(z / T) and target class t:
+DKD (Zhao et al., Decoupled Knowledge Distillation, CVPR 2022), with p = softmax(z / T) and target class t:
   TCKD = KL(b_teacher || b_student) * T^2,   b = [p_t, 1 - p_t]
   NCKD = KL(p^_teacher || p^_student) * T^2, p^ = softmax of z / T over the classes != t
   DKD  = alpha * TCKD + beta * NCKD

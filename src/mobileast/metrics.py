@@ -1,4 +1,4 @@
-"""Classification metrics of the evaluation (SPEC section 10), as pure numpy functions.
+"""Classification metrics of the evaluation, as pure numpy functions.
 
 Conventions: `labels` and `pred` are integer class indices (0 .. n_classes-1, the
 order of mobileast.labels.SCENES); `probs` are rows of class probabilities. A class

@@ -1,4 +1,4 @@
-"""Post-training static quantization (PTSQ) of the student to int8 (SPEC section 8).
+"""Post-training static quantization (PTSQ) of the student to int8.
 
 PyTorch FX graph mode (`torch.ao.quantization.quantize_fx`): `prepare_fx` traces the
 float model, fuses Conv2d+BatchNorm2d(+ReLU) and Linear+ReLU (the FFN with act=relu)

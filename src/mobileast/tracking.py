@@ -1,4 +1,4 @@
-"""MLflow tracking of the pipeline (SPEC section 11).
+"""MLflow tracking of the pipeline.
 
 Store: `sqlite:///<project root>/mlflow.db`, its artifacts beside it in `mlartifacts/`.
 The root is that of the real repository even when DVC runs a stage in a temporary copy

@@ -1,6 +1,6 @@
 """Reader and validation for the TAU Urban Acoustic Scenes 2022 Mobile development layout.
 
-Layout (SPEC section 1), read as-is for the real dataset and for the demo:
+Layout of the TAU22 development set, read as-is for the real dataset and for the demo:
 - `meta.csv`: tab-separated `filename scene_label identifier source_label`;
 - `audio/<scene>-<city>-<location>-<segment>-<slice>-<device>.wav`, 1 s clips, `slice`
   (0..9) being the clip's position in its 10 s recording;

@@ -1,4 +1,4 @@
-"""A CP-ResNet-like CNN: the CPU-friendly demo teacher (SPEC section 5).
+"""A CP-ResNet-like CNN: the CPU-friendly demo teacher.
 
 Much larger than the student (1.2 M parameters, about 23x) yet cheap to train from
 scratch on 2 CPU cores: a strided 5x5 stem and a 2x2 max-pool before every stage halve

@@ -1,4 +1,4 @@
-"""MobileAST_Light: a MobileViTv3-style student for 1 x 256 x 64 log-mel input (SPEC section 4).
+"""MobileAST_Light: a MobileViTv3-style student for 1 x 256 x 64 log-mel input.
 
 Layout (standard, presets sub1..sub3)::
 
@@ -33,7 +33,7 @@ LAYOUTS = ("standard", "compact")
 
 @dataclass
 class MobileASTConfig:
-    """Hyper-parameters of MobileAST_Light; the names follow SPEC section 4.
+    """Hyper-parameters of MobileAST_Light; the names follow the MobileAST report.
 
     `c2, c3, c_out, e2, e3` exist only in the standard layout and must be None in
     the compact one. `ex_ratios` enables the ExMobileViT-style classifier extension:
@@ -81,7 +81,7 @@ class MobileASTConfig:
             raise ValueError(f"d_local={self.d_local} is not divisible by heads={self.heads}")
 
 
-# The report's four submissions (SPEC section 4).
+# The report's four submissions.
 PRESETS: dict[str, MobileASTConfig] = {
     "sub1": MobileASTConfig(c1=64, c2=64, c_out=160, e1=1, e2=1, e3=1,
                             d_local=32, d_mlp=64, depth=2, act="silu"),
@@ -144,7 +144,7 @@ class Attention(nn.Module):
     """Multi-head self-attention within each of the P sequences of (B, P, N, dim).
 
     Built from nn.Linear: q/k/v projections without bias, output projection with bias
-    (SPEC section 4). `seq_shape` = (P, N) is fixed so that the head split is a plain
+    (as the MobileAST report describes the block). `seq_shape` = (P, N) is fixed so that the head split is a plain
     reshape. This is the training form, whose MatMul modules complexity counting hooks;
     `deploy_form` turns it into `FusedAttention` for deployment.
     """
@@ -273,7 +273,7 @@ class MobileViTBlock(nn.Module):
     (d + c channels) -> c; add the block input.
     v1: local 3x3 conv is a full conv; fusion is a 3x3 conv on concat(x, G) -> c; no add.
     Every conv has BN and activation in both versions (MobileViT v1's c -> d conv has
-    neither), as SPEC section 4 describes the block.
+    neither), as the MobileAST report describes the block.
     """
 
     def __init__(self, channels: int, dim: int, mlp_dim: int, depth: int, heads: int,
