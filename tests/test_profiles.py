@@ -1,6 +1,6 @@
 """Profiles: every profile applies to params.yaml and yields params every stage accepts and
 that do not depend on the workspace's values in what the profile defines; --apply keeps
-the file's comments and records the profiles; --dvc-args round-trips; the README shows
+the file's comments and records the profiles; --dvc-args round-trips; docs/tau22.md shows
 them verbatim."""
 from __future__ import annotations
 
@@ -181,21 +181,21 @@ def test_bad_profiles_and_overrides_are_refused(tmp_path, capsys):
     assert "needs --set data.root" in capsys.readouterr().err
 
 
-def readme_blocks() -> dict[str, str]:
-    """The README's fenced blocks introduced by `<!-- profile output: NAMES -->`."""
-    text = (REPO / "README.md").read_text()
+def doc_blocks() -> dict[str, str]:
+    """docs/tau22.md's fenced blocks introduced by `<!-- profile output: NAMES -->`."""
+    text = (REPO / "docs/tau22.md").read_text()
     blocks = {}
     for names, indent, block in re.findall(r"<!-- profile output: ([\w\- ]+) -->\n( *)```yaml\n(.*?)\n\2```", text, re.S):
         blocks[names] = "".join(line.removeprefix(indent) + "\n" for line in block.split("\n"))
     return blocks
 
 
-def test_readme_shows_the_profiles_as_the_command_prints_them(capsys):
-    blocks = readme_blocks()
+def test_docs_show_the_profiles_as_the_command_prints_them(capsys):
+    blocks = doc_blocks()
     assert set(blocks) >= {"tau22-sub1", "tau22-passt"}
     for names, block in blocks.items():
         assert profiles.main(names.split()) == 0
-        assert block == capsys.readouterr().out, f"README block of {names} is out of date"
+        assert block == capsys.readouterr().out, f"docs/tau22.md block of {names} is out of date"
 
 
 def test_output_cut_short_by_the_reader_is_no_error():
