@@ -10,7 +10,7 @@ import yaml
 
 from mobileast.errors import ParamsError
 from mobileast.files import project_root
-from mobileast.schema import FREE, SCHEMA
+from mobileast.schema import SCHEMA, Param
 
 
 class YAML12Loader(yaml.SafeLoader):
@@ -46,15 +46,17 @@ def read_params(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
-    """params.yaml, checked to have every section and key of the schema and no other."""
+    """params.yaml, checked to have every section and key of the schema, no other, and
+    values of the schema's types and allowed values."""
     params = read_params(path)
     check_params(params)
     return params
 
 
 def check_params(params: Mapping[str, Any], keys: Iterable[str] | None = None) -> None:
-    """Raise ParamsError for a key the schema does not know anywhere in `params`, and for a
-    missing key in the parts named by dotted `keys` (default: everywhere)."""
+    """Raise ParamsError for a key the schema does not know or a value it does not allow
+    (wrong type, not a choice, out of range) anywhere in `params`, and for a missing key in
+    the parts named by dotted `keys` (default: everywhere)."""
     _check_unknown(params, SCHEMA, "")
     for key in [""] if keys is None else keys:
         schema, value = SCHEMA, params
@@ -64,7 +66,7 @@ def check_params(params: Mapping[str, Any], keys: Iterable[str] | None = None) -
 
 
 def schema_at(key: str) -> Any:
-    """The schema entry of a dotted key (a section dict, LEAF or FREE); ParamsError if unknown."""
+    """The schema entry of a dotted key (a section dict or a Param); ParamsError if unknown."""
     node: Any = SCHEMA
     section = ""
     for name in key.split("."):
@@ -88,9 +90,8 @@ def _child(schema: Any, value: Any, name: str, key: str) -> tuple[Any, Any]:
 
 
 def _check_unknown(value: Any, schema: Any, section: str) -> None:
-    if not isinstance(schema, dict):
-        if schema == FREE and value is not None and not isinstance(value, Mapping):
-            raise ParamsError(f"params.yaml: '{section}' must be a mapping (or {{}}), got {value!r}")
+    if isinstance(schema, Param):
+        check_value(schema, value, section)
         return
     if not isinstance(value, Mapping):
         raise ParamsError(f"params.yaml: '{section}' must be a section with keys {', '.join(schema)}, "
@@ -100,6 +101,45 @@ def _check_unknown(value: Any, schema: Any, section: str) -> None:
             raise ParamsError(f"params.yaml: unknown key '{name}' in {_where(section)} "
                               f"(known keys: {', '.join(sorted(schema))})")
         _check_unknown(child, schema[name], f"{section}.{name}" if section else name)
+
+
+KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "list of str": "a list of strings", "mapping": "a mapping ({} for none)"}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":  # ints too: DVC writes `-S dkd.alpha=5` as 5
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "list of str":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, Mapping)
+
+
+def check_value(param: Param, value: Any, key: str) -> None:
+    """Raise ParamsError naming the dotted `key` if `value` is not of `param`'s kind or not
+    one of its allowed values; null passes only where the schema allows it."""
+    if value is None and param.nullable:
+        return
+    if not _is_kind(value, param.kind):
+        null = " or null" if param.nullable else ""
+        raise ParamsError(f"params.yaml: {key} must be {KIND_WORDS[param.kind]}{null}, got {value!r}")
+    items = value if param.kind == "list of str" else [value]
+    if param.choices and any(item not in param.choices for item in items):
+        raise ParamsError(f"params.yaml: {key} must be {param.allowed()}, got {value!r}")
+    if param.kind in ("int", "float") and not _in_range(param, value):
+        raise ParamsError(f"params.yaml: {key} must be {param.allowed()}, got {value!r}")
+
+
+def _in_range(param: Param, value: float) -> bool:
+    if param.low is not None and (value <= param.low if param.low_open else value < param.low):
+        return False
+    return param.high is None or value <= param.high
 
 
 def _check_missing(value: Any, schema: Any, section: str) -> None:
