@@ -104,7 +104,7 @@ def _check_unknown(value: Any, schema: Any, section: str) -> None:
 
 
 KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "list of str": "a list of strings", "mapping": "a mapping ({} for none)"}
+              "list of str": "a list of strings", "mapping": "a mapping"}
 
 
 def _is_kind(value: Any, kind: str) -> bool:

@@ -201,7 +201,8 @@ SCHEMA: dict[str, Any] = {
     "teacher": {
         "arch": choice("teacher architecture: cnn (the CPU demo teacher) or passt", *TEACHER_ARCHS),
         "cnn": {"preset": choice("preset of the CNN teacher", *CNN_PRESETS),
-                "custom": Param("mapping", "fields of CNNConfig that override the preset ({} for none)")},
+                "custom": Param("mapping", "fields of CNNConfig that override the preset ({} or null for none)",
+                                 nullable=True)},
         "passt": {
             "checkpoint": text("the AudioSet-pretrained PaSST checkpoint to fine-tune"),
             "fstride": positive("patch stride along frequency"),
@@ -225,9 +226,11 @@ SCHEMA: dict[str, Any] = {
         "precision": Param("str", PRECISION.format(what="the logit dump"), choices=PRECISIONS),
     },
     "student": {
-        "preset": choice("MobileAST_Light preset, or custom (then student.custom is the whole config)",
+        "preset": choice("MobileAST_Light preset, or custom (the MobileASTConfig defaults with student.custom "
+                         "applied)",
                          *STUDENT_PRESETS, CUSTOM),
-        "custom": Param("mapping", "fields of MobileASTConfig that override the preset ({} for none)"),
+        "custom": Param("mapping", "fields of MobileASTConfig that override the preset ({} or null for none)",
+                         nullable=True),
     },
     "train": TRAIN,
     "distill": {"method": choice("distillation loss: dkd (decoupled KD), kd (Hinton KD) or none (CE only)",
