@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mobileast import dvcdeps
+from mobileast import dvcdeps, schema
+from mobileast.params import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -112,6 +113,7 @@ def project_copy(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "src", copy / "src", ignore=ignore)
     shutil.copytree(ROOT / "stages", copy / "stages", ignore=ignore)
     shutil.copy(ROOT / "dvc.yaml", copy)
+    shutil.copy(ROOT / "params.yaml", copy)
     return copy
 
 
@@ -158,6 +160,23 @@ def test_dvc_deps_write_sets_and_drops_params_blocks(tmp_path):
     assert stages["reassemble"]["params"] == ["seed"] and "params" not in stages["evaluate"]
     assert list(stages["reassemble"])[:3] == ["cmd", "params", "deps"]
     assert stages["track"]["params"] == [{"params.yaml": None}]
+
+
+def test_a_new_schema_key_is_written_into_params_yaml_with_its_default(tmp_path, monkeypatch, capsys):
+    """Adding a param is its schema entry (with a default) plus `dvc-deps --write`."""
+    copy = project_copy(tmp_path)
+    monkeypatch.setitem(schema.SCHEMA["train"], "clip_grad",
+                        schema.Param("float", "largest gradient norm (0 = no clipping)", 0, default=0.0))
+    assert dvcdeps.main(["--check", "--root", str(copy)]) == 1
+    assert capsys.readouterr().out == "params.yaml: lacks train.clip_grad (--write adds the schema's default)\n"
+    assert dvcdeps.main(["--write", "--root", str(copy)]) == 0
+    assert dvcdeps.main(["--check", "--root", str(copy)]) == 0
+    assert read_params(copy / "params.yaml")["train"]["clip_grad"] == 0.0
+    added = "  clip_grad: 0.0  # largest gradient norm (0 = no clipping)\n"
+    text = (copy / "params.yaml").read_text()
+    assert added in text and text.replace(added, "") == (ROOT / "params.yaml").read_text()
+    assert text.index(added) > text.index("    min_lr:", text.index("\ntrain:"))  # after the schedule, as in the schema
+    assert (copy / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()  # student_train declares `train`
 
 
 DATA_STAGES = ["demo_data", "resample", "reassemble"]

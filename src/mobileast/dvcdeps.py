@@ -8,8 +8,10 @@ UNTRACKED_CODE, which cannot change a stage's outputs; its `params:` are the key
 script's PARAMS list declares (PARAMS = None: the whole params.yaml). `--check` lists
 every difference of dvc.yaml from that and exits 1 if there is one; `--write` rewrites the
 stages' code deps and params lists in place, keeping every other line (data and model
-deps, outs, metrics, plots, comments). So adding an import or a param to a stage is the
-edit plus `python -m mobileast dvc-deps --write`.
+deps, outs, metrics, plots, comments), and first adds to params.yaml each key of the
+schema (mobileast.schema) it lacks, with the schema's default. So adding an import to a
+stage, or a key to params (its schema entry, with a default), is that one edit plus
+`python -m mobileast dvc-deps --write`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any, Sequence
 import yaml
 
 from mobileast.files import project_root
+from mobileast.params import add_missing, missing_keys, read_params
 
 STAGE_COMMAND = "stages/python -m "  # stages/python: the venv's interpreter, found from any copy
 # Imported by stages but no dependency of any: what they do cannot change a stage's outputs.
@@ -130,21 +133,23 @@ def is_code(dep: Any) -> bool:
 
 
 def differences(root: Path) -> list[str]:
-    """Each way root/dvc.yaml differs from the generated code deps and params, one line each."""
+    """Each way root/dvc.yaml differs from the generated code deps and params, and each key of
+    the schema root/params.yaml lacks, one line each."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    problems = []
+    problems = [f"params.yaml: lacks {key} (--write adds the schema's default)"
+                for key in missing_keys(read_params(root / "params.yaml"))]
     for stage in expected(root):
         definition = pipeline[stage.name]
         listed = {dep for dep in definition.get("deps") or [] if is_code(dep)}
         script = f"{stage.module.replace('.', '/')}.py"
-        problems += [f"stage {stage.name}: deps lack {path} (imported by {script})"
+        problems += [f"dvc.yaml: stage {stage.name}: deps lack {path} (imported by {script})"
                      for path in stage.code if path not in listed]
-        problems += [f"stage {stage.name}: deps list {path}, " + (
+        problems += [f"dvc.yaml: stage {stage.name}: deps list {path}, " + (
                      f"which is no dependency of any stage ({UNTRACKED_CODE[path]})" if path in UNTRACKED_CODE
                      else f"which {script} does not import") for path in sorted(listed - set(stage.code))]
         params = definition.get("params") or []
         if params != stage.params:
-            problems.append(f"stage {stage.name}: params are {_keys(params)} but {script} declares "
+            problems.append(f"dvc.yaml: stage {stage.name}: params are {_keys(params)} but {script} declares "
                             f"PARAMS {_keys(stage.params)}")
     return problems
 
@@ -222,12 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = (args.root or project_root()).resolve()
     if args.write:
+        added = add_missing(root / "params.yaml")
+        if added:
+            print(f"{root / 'params.yaml'}: added {', '.join(added)} (the schema's defaults)", file=sys.stderr)
         changed = write(root)
         print(f"{root / 'dvc.yaml'}: {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
         return 0
     problems = differences(root)
     for problem in problems:
-        print(f"dvc.yaml: {problem}")
+        print(problem)
     if problems:
         print("run `python -m mobileast dvc-deps --write` to regenerate them", file=sys.stderr)
     return 1 if problems else 0

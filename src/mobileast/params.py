@@ -2,15 +2,16 @@
 the part a stage declares."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 from mobileast.errors import ParamsError
-from mobileast.files import project_root
-from mobileast.schema import SCHEMA, Param
+from mobileast.files import atomic_output, project_root
+from mobileast.schema import NO_DEFAULT, SCHEMA, Param
 
 
 class YAML12Loader(yaml.SafeLoader):
@@ -189,3 +190,102 @@ def stage_params(keys: Iterable[str]) -> dict[str, Any]:
     params = read_params()
     check_params(params, keys)
     return select(params, keys)
+
+
+def edit_file(path: Path, edit: Callable[[Any], None]) -> None:
+    """Apply `edit` to the params file at `path` as a ruamel.yaml round-trip document (a
+    mapping keeping comments, key order and layout); the result is checked against the
+    schema (check_params) before it replaces the file, atomically."""
+    from ruamel.yaml import YAML
+
+    editor = YAML()
+    editor.preserve_quotes = True
+    editor.width = 4096
+    editor.representer.add_representer(float, _represent_float)
+    editor.representer.add_representer(type(None), _represent_null)
+    document = editor.load(Path(path).read_text())
+    edit(document)
+    text = io.StringIO()
+    editor.dump(document, text)
+    check_params(read_yaml(text.getvalue()))
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(text.getvalue())
+
+
+def _represent_float(representer: Any, value: float) -> Any:
+    """Floats with a dot in the mantissa (1.0e-05, not ruamel's 1e-05, which YAML 1.1 reads as a string)."""
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _represent_null(representer: Any, value: None) -> Any:
+    """None as `null` (ruamel writes nothing, `f_max:`, which reads back as null but hides it)."""
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+
+
+def missing_keys(params: Mapping[str, Any], node: Any = None, prefix: str = "") -> list[str]:
+    """The dotted keys (or whole sections) of the schema that `params` lacks."""
+    node = SCHEMA if node is None else node
+    missing = []
+    for name, child in node.items():
+        key = f"{prefix}{name}"
+        if not isinstance(params, Mapping) or name not in params:
+            missing.append(key)
+        elif isinstance(child, dict):
+            missing += missing_keys(params[name], child, key + ".")
+    return missing
+
+
+def default_of(node: Any, key: str) -> Any:
+    """The schema default of a key, or of every key of a section (nested); ParamsError if one has none."""
+    if isinstance(node, dict):
+        return {name: default_of(child, f"{key}.{name}") for name, child in node.items()}
+    if node.default is NO_DEFAULT:
+        raise ParamsError(f"params.yaml lacks '{key}', whose schema entry (mobileast.schema) gives no default: "
+                          "add it to params.yaml, or give the entry a default")
+    return node.default
+
+
+def add_missing(path: Path) -> list[str]:
+    """Write into the params file at `path` every schema key it lacks, with its schema default
+    and meaning as a comment, after the keys of the schema that precede it (comments and
+    everything else kept); the keys added. So adding a key to the project is its schema
+    entry with a default, then `python -m mobileast dvc-deps --write`."""
+    added = missing_keys(read_params(path))
+    if not added:
+        return []
+    values = {key: default_of(schema_at(key), key) for key in added}
+
+    def insert(document: Any) -> None:
+        for key, value in values.items():
+            *parents, name = key.split(".")
+            section, node = document, SCHEMA
+            for parent in parents:
+                section, node = section[parent], node[parent]
+            before = list(node)[:list(node).index(name)]
+            position = max((list(section).index(k) + 1 for k in before if k in section), default=0)
+            flow = section.fa.flow_style()  # e.g. an augmentation's {enabled: ..., p: ...}: no room for comments
+            _insert(section, position, name, value, node[name], flow)
+
+    edit_file(path, insert)
+    return added
+
+
+def _insert(section: Any, position: int, name: str, value: Any, node: Any, flow: bool) -> None:
+    """Insert `name: value` into a ruamel mapping: lists in flow style ([a, b], as params.yaml
+    writes them), a new section as a block of its keys, each commented with its meaning."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(value, list):
+        value = CommentedSeq(value)
+        value.fa.set_flow_style()
+    elif isinstance(node, dict):
+        block = CommentedMap()
+        for i, (key, child) in enumerate(node.items()):
+            _insert(block, i, key, value[key], child, False)
+        value = block
+    comment = node.meaning if isinstance(node, Param) and not flow else None
+    section.insert(position, name, value, comment=comment)

@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("int", "float", "bool", "str", "list of str", "mapping")
+NO_DEFAULT = type("NoDefault", (), {"__repr__": lambda self: "NO_DEFAULT"})()
 
 
 @dataclass(frozen=True)
 class Param:
     """One key: `kind` (KINDS; a float key accepts ints, as DVC writes `-S dkd.alpha=5`),
     its allowed values (`choices`; for a list, of its items) or range [low, high]
-    (`low_open`: low itself excluded), whether null is allowed, and a one-line meaning."""
+    (`low_open`: low itself excluded), whether null is allowed, and a one-line meaning.
+    `default`: the value `python -m mobileast dvc-deps --write` writes into a params.yaml
+    that lacks the key (params.yaml's value is the one in use; docs/configuration.md
+    shows it), so a new key is added by its schema entry alone."""
 
     kind: str
     meaning: str
@@ -33,6 +37,7 @@ class Param:
     high: float | None = None
     low_open: bool = False
     nullable: bool = False
+    default: Any = NO_DEFAULT
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
