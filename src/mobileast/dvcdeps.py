@@ -3,8 +3,9 @@ generated from what each stage runs.
 
 A stage of dvc.yaml runs `stages/python -m stages.<name>`. Its code deps are the project's
 .py files that module imports, transitively (lazy imports inside functions too, and the
-parent packages' __init__.py files Python executes on the way), less the modules of
-UNTRACKED_CODE, which cannot change a stage's outputs; its `params:` are the keys the
+parent packages' __init__.py files Python executes on the way), less progress.py and
+tracking.py (UNTRACKED_CODE: display and MLflow only, they cannot change a stage's
+outputs); its `params:` are the keys the
 script's PARAMS list declares (PARAMS = None: the whole params.yaml). `--check` lists
 every difference of dvc.yaml from that and exits 1 if there is one; `--write` rewrites the
 stages' code deps and params lists in place, keeping every other line (data and model
@@ -222,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="list the differences; exit 1 if there is one")
-    action.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps and params lists")
+    action.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps and params lists (and add to params.yaml "
+                        "the schema keys it lacks)")
     parser.add_argument("--root", type=Path, help="the project (default: the one holding the working directory)")
     args = parser.parse_args(argv)
     root = (args.root or project_root()).resolve()

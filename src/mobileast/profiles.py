@@ -42,7 +42,7 @@ import yaml
 from mobileast.errors import InputError, ParamsError
 from mobileast.files import project_root
 from mobileast.params import edit_file, read_yaml, schema_at
-from mobileast.schema import SCHEMA
+from mobileast.schema import SCHEMA, leaves
 
 PROFILES_DIR = "profiles"
 PROFILE_KEYS = {"version", "description", "extends", "requires", "defines", "overrides"}
@@ -82,8 +82,7 @@ def check_key(key: str, where: str) -> None:
 
 def schema_keys(key: str) -> list[str]:
     """The dotted keys of the values at and below `key` in the params schema."""
-    node = schema_at(key)
-    return [leaf for name in node for leaf in schema_keys(f"{key}.{name}")] if isinstance(node, dict) else [key]
+    return list(leaves(schema_at(key), key))
 
 
 def decided_keys(defines: Sequence[str], value: Callable[[str], Any]) -> list[str]:
