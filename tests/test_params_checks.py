@@ -19,6 +19,7 @@ from mobileast.labels import SCENES
 from mobileast import data, distill, inference, paramsdoc, profiles, schema, train
 from mobileast.data import tau22
 from mobileast.labels import DEVICES
+from mobileast import models
 from mobileast.models import cnn, mobileast as mobileast_models
 from mobileast.params import check_params, load_params, read_params
 from mobileast.data import dataset_root
@@ -148,6 +149,7 @@ def with_value(key: str, value: object) -> dict:
     ("quant.float_modules", ["attn", 1], r"quant.float_modules must be a list of strings, got \['attn', 1\]"),
     ("dkd.alpha", "5", "dkd.alpha must be a number, got '5'"),  # a float key: no string
     ("dkd.alpha", True, "dkd.alpha must be a number, got True"),  # ... nor a bool
+    ("dkd.alpha", float("nan"), "dkd.alpha must be a number, got nan"),
     ("data.root", 3, "data.root must be a string, got 3"),
     ("student.custom", [1], r"student.custom must be a mapping or null, got \[1\]"),
     ("train.lr", None, "train.lr must be a number, got None"),
@@ -227,6 +229,7 @@ def test_the_schema_choices_are_the_codes():
     assert schema.METHODS == distill.METHODS
     assert schema.CNN_PRESETS == tuple(cnn.PRESETS)
     assert schema.STUDENT_PRESETS == tuple(mobileast_models.PRESETS)
+    assert set(models.PRESETS) == {*schema.STUDENT_PRESETS, *schema.CNN_PRESETS}  # the registry's presets
     leaves = schema.leaves()
     assert leaves["student.preset"].choices == (*schema.STUDENT_PRESETS, "custom")
     assert leaves["teacher.cnn.preset"].choices == schema.CNN_PRESETS

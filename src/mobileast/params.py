@@ -111,8 +111,8 @@ KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
 def _is_kind(value: Any, kind: str) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":  # ints too: DVC writes `-S dkd.alpha=5` as 5
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "float":  # ints too: DVC writes `-S dkd.alpha=5` as 5; NaN is no number
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "str":
