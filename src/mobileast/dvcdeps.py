@@ -3,9 +3,9 @@ generated from what each stage runs.
 
 A stage of dvc.yaml runs `stages/python -m stages.<name>`. Its code deps are the project's
 .py files that module imports, transitively (lazy imports inside functions too, and the
-parent packages' __init__.py files Python executes on the way), less progress.py and
-tracking.py (UNTRACKED_CODE: display and MLflow only, they cannot change a stage's
-outputs); its `params:` are the keys the
+parent packages' __init__.py files Python executes on the way), less progress.py,
+schema.py and tracking.py (UNTRACKED_CODE: display, checks and MLflow only, they cannot
+change a stage's outputs); its `params:` are the keys the
 script's PARAMS list declares (PARAMS = None: the whole params.yaml). `--check` lists
 every difference of dvc.yaml from that and exits 1 if there is one; `--write` rewrites the
 stages' code deps and params lists in place, keeping every other line (data and model
@@ -33,6 +33,9 @@ STAGE_COMMAND = "stages/python -m "  # stages/python: the venv's interpreter, fo
 # Imported by stages but no dependency of any: what they do cannot change a stage's outputs.
 UNTRACKED_CODE = {
     "src/mobileast/progress.py": "display only: progress bars on the terminal",
+    "src/mobileast/schema.py": "checks only: it accepts or rejects params.yaml, never changes what a stage "
+                               "computes (the values a stage reads are its params deps), so a new key or "
+                               "meaning re-runs no stage",
     "src/mobileast/tracking.py": "MLflow runs only, outside the DVC outputs; the `track` stage, which writes "
                                  "them, is always_changed and so re-runs whatever changed",
 }

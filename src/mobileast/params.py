@@ -1,5 +1,5 @@
-"""params.yaml: reading it as DVC does, checking it against mobileast.schema, and selecting
-the part a stage declares."""
+"""params.yaml: reading it as DVC does, checking it against mobileast.schema (keys, types,
+allowed values), selecting the part a stage declares, and editing it with its comments kept."""
 from __future__ import annotations
 
 import io
@@ -184,8 +184,9 @@ def select(params: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
 def stage_params(keys: Iterable[str]) -> dict[str, Any]:
     """The project's params.yaml restricted to a stage's declared keys (see `select`).
 
-    The whole file is checked for unknown keys (a typo anywhere stops every stage), the
-    declared parts for missing ones (mobileast.schema)."""
+    The whole file is checked for unknown keys and for values of the wrong type or outside
+    the allowed ones (a typo anywhere stops every stage), the declared parts for missing
+    keys (mobileast.schema)."""
     keys = list(keys)
     params = read_params()
     check_params(params, keys)
