@@ -114,6 +114,7 @@ def project_copy(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "stages", copy / "stages", ignore=ignore)
     shutil.copy(ROOT / "dvc.yaml", copy)
     shutil.copy(ROOT / "params.yaml", copy)
+    shutil.copytree(ROOT / "docs", copy / "docs")
     return copy
 
 
@@ -166,9 +167,11 @@ def test_a_new_schema_key_is_written_into_params_yaml_with_its_default(tmp_path,
     """Adding a param is its schema entry (with a default) plus `dvc-deps --write`."""
     copy = project_copy(tmp_path)
     monkeypatch.setitem(schema.SCHEMA["train"], "clip_grad",
-                        schema.Param("float", "largest gradient norm (0 = no clipping)", 0, default=0.0))
+                        schema.number("float", "largest gradient norm (0 = no clipping)", 0, default=0.0))
     assert dvcdeps.main(["--check", "--root", str(copy)]) == 1
-    assert capsys.readouterr().out == "params.yaml: lacks train.clip_grad (--write adds the schema's default)\n"
+    assert capsys.readouterr().out.splitlines() == [
+        "params.yaml: lacks train.clip_grad (--write adds the schema's default)",
+        "docs/configuration.md: stale (python -m mobileast params-doc, or dvc-deps --write, rewrites it)"]
     assert dvcdeps.main(["--write", "--root", str(copy)]) == 0
     assert dvcdeps.main(["--check", "--root", str(copy)]) == 0
     assert read_params(copy / "params.yaml")["train"]["clip_grad"] == 0.0
@@ -177,6 +180,8 @@ def test_a_new_schema_key_is_written_into_params_yaml_with_its_default(tmp_path,
     assert added in text and text.replace(added, "") == (ROOT / "params.yaml").read_text()
     assert text.index(added) > text.index("    min_lr:", text.index("\ntrain:"))  # after the schedule, as in the schema
     assert (copy / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()  # student_train declares `train`
+    assert "| `train.clip_grad` | float | >= 0 | `0.0` | largest gradient norm (0 = no clipping) | student_train |" \
+        in (copy / "docs" / "configuration.md").read_text()
 
 
 DATA_STAGES = ["demo_data", "resample", "reassemble"]

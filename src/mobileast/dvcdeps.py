@@ -9,9 +9,10 @@ change a stage's outputs); its `params:` are the keys the
 script's PARAMS list declares (PARAMS = None: the whole params.yaml). `--check` lists
 every difference of dvc.yaml from that and exits 1 if there is one; `--write` rewrites the
 stages' code deps and params lists in place, keeping every other line (data and model
-deps, outs, metrics, plots, comments), and first adds to params.yaml each key of the
-schema (mobileast.schema) it lacks, with the schema's default. So adding an import to a
-stage, or a key to params (its schema entry, with a default), is that one edit plus
+deps, outs, metrics, plots, comments); it first adds to params.yaml each key of the
+schema (mobileast.schema) it lacks, with the schema's default, and last rewrites the
+configuration reference (mobileast.paramsdoc). So adding an import to a stage, or a key
+to params (its schema entry, with a default), is that one edit plus
 `python -m mobileast dvc-deps --write`.
 """
 from __future__ import annotations
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="list the differences; exit 1 if there is one")
     action.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps and params lists (and add to params.yaml "
-                        "the schema keys it lacks)")
+                        "the schema keys it lacks, and rewrite docs/configuration.md)")
     parser.add_argument("--root", type=Path, help="the project (default: the one holding the working directory)")
     args = parser.parse_args(argv)
     root = (args.root or project_root()).resolve()
@@ -237,8 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{root / 'params.yaml'}: added {', '.join(added)} (the schema's defaults)", file=sys.stderr)
         changed = write(root)
         print(f"{root / 'dvc.yaml'}: {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
+        from mobileast.paramsdoc import write_doc  # it reads the stages as this module does
+
+        write_doc(root)
         return 0
-    problems = differences(root)
+    from mobileast.paramsdoc import stale  # it reads the stages as this module does
+
+    problems = differences(root) + stale(root)
     for problem in problems:
         print(problem)
     if problems:

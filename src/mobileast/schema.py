@@ -16,7 +16,7 @@ presets, ...); tests/test_params_checks.py asserts that they agree.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 KINDS = ("int", "float", "bool", "str", "list of str", "mapping")
@@ -34,6 +34,7 @@ class Param:
 
     kind: str
     meaning: str
+    _: KW_ONLY
     choices: tuple[str, ...] = ()
     low: float | None = None
     high: float | None = None
@@ -62,32 +63,32 @@ class Param:
 
 
 def number(kind: str, meaning: str, low: float | None = None, high: float | None = None, *,
-           low_open: bool = False, nullable: bool = False) -> Param:
-    return Param(kind, meaning, low=low, high=high, low_open=low_open, nullable=nullable)
+           low_open: bool = False, nullable: bool = False, default: Any = NO_DEFAULT) -> Param:
+    return Param(kind, meaning, low=low, high=high, low_open=low_open, nullable=nullable, default=default)
 
 
-def choice(meaning: str, *choices: str) -> Param:
-    return Param("str", meaning, choices=choices)
+def choice(meaning: str, *choices: str, default: Any = NO_DEFAULT) -> Param:
+    return Param("str", meaning, choices=choices, default=default)
 
 
-def flag(meaning: str) -> Param:
-    return Param("bool", meaning)
+def flag(meaning: str, *, default: Any = NO_DEFAULT) -> Param:
+    return Param("bool", meaning, default=default)
 
 
-def text(meaning: str) -> Param:
-    return Param("str", meaning)
+def text(meaning: str, *, default: Any = NO_DEFAULT) -> Param:
+    return Param("str", meaning, default=default)
 
 
-def names(meaning: str, *choices: str) -> Param:
-    return Param("list of str", meaning, choices=choices)
+def names(meaning: str, *choices: str, default: Any = NO_DEFAULT) -> Param:
+    return Param("list of str", meaning, choices=choices, default=default)
 
 
-def positive(meaning: str) -> Param:
-    return number("int", meaning, 1)
+def positive(meaning: str, *, default: Any = NO_DEFAULT) -> Param:
+    return number("int", meaning, 1, default=default)
 
 
-def probability(meaning: str) -> Param:
-    return number("float", meaning, 0, 1)
+def probability(meaning: str, *, default: Any = NO_DEFAULT) -> Param:
+    return number("float", meaning, 0, 1, default=default)
 
 
 # The lists of the code that acts on these values (tests/test_params_checks.py keeps them equal).
