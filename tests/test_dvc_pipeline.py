@@ -161,6 +161,13 @@ def test_dvc_deps_write_sets_and_drops_params_blocks(tmp_path):
     assert stages["reassemble"]["params"] == ["seed"] and "params" not in stages["evaluate"]
     assert list(stages["reassemble"])[:3] == ["cmd", "params", "deps"]
     assert stages["track"]["params"] == [{"params.yaml": None}]
+    text = (copy / "dvc.yaml").read_text()
+    (copy / "dvc.yaml").write_text(text.replace("\nplots:\n", "\n  other:\n    cmd: stages/python -m stages.complexity\n"
+                                                "    outs:\n      - x\n\nplots:\n"))
+    dvcdeps.write(copy)  # a new stage without deps gets its code deps
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())["stages"]
+    assert stages["other"] == {"cmd": "stages/python -m stages.complexity", "deps": sorted(CODE["complexity"]),
+                               "outs": ["x"]}
 
 
 def test_a_new_schema_key_is_written_into_params_yaml_with_its_default(tmp_path, monkeypatch, capsys):

@@ -173,6 +173,7 @@ def rewrite(text: str, stages: Sequence[Stage]) -> str:
     block replaced by the generated ones (code deps first, then the other deps in their
     order and with their comments); every other line is kept as it is."""
     wanted = {stage.name: stage for stage in stages}
+    without_deps = {name for name, definition in yaml.safe_load(text)["stages"].items() if "deps" not in definition}
     lines = text.splitlines(keepends=True)
     out: list[str] = []
     i, stage = 0, None
@@ -197,6 +198,8 @@ def rewrite(text: str, stages: Sequence[Stage]) -> str:
                 out.append(lines[end])
                 end += 1
             out += _params_block(stage)
+            if stage.name in without_deps:  # a new stage: its code deps
+                out += ["    deps:\n", *(f"      - {path}\n" for path in stage.code)]
         elif key.group(1) == "deps":
             out.append(line)
             out += [f"      - {path}\n" for path in stage.code]
