@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mobileast.data import reassemble, resample, tau22
-from mobileast.data.store import read_index
+from mobileast.data.store import read_index, read_recordings
 
 CLIP = 4  # samples per clip: the placement logic does not care about the clip size
 SEGMENTS = {"11": ("bus", list(range(10))),        # complete
@@ -59,7 +59,7 @@ def test_recordings_over_the_resampled_train_audio(tiny_dataset, tmp_path):
     """Every present slice of a recording is its clip's audio; missing slices are zeros."""
     resample.build_store(tiny_dataset, tmp_path / "resampled", sample_rate=8000, workers=1, on_bad_file="error")
     report = reassemble.build_table(tmp_path / "resampled", tmp_path / "recordings", 8000)
-    table = reassemble.read_recordings(tmp_path / "recordings")
+    table = read_recordings(tmp_path / "recordings")
     audio = np.load(tmp_path / "resampled" / "train.npy")
     index = read_index(tmp_path / "resampled")
     assert audio.size == table.length.sum()  # the train audio is stored once, gaps included, nothing else
@@ -89,6 +89,6 @@ def test_shuffled_metadata_of_a_dataset_gives_the_same_stores(tiny_dataset, tmp_
         table = pd.read_csv(tiny_dataset / name, sep="\t")
         table.sample(frac=1, random_state=1).to_csv(tiny_dataset / name, sep="\t", index=False)
     assert build("after") == before
-    recordings = reassemble.read_recordings(tmp_path / "after")
+    recordings = read_recordings(tmp_path / "after")
     assert (~recordings.complete).any() and (recordings.length == recordings.slices_present.str.split(",").map(
         lambda s: int(s[-1]) + 1) * 8000).all()

@@ -1,9 +1,7 @@
 """dvc.yaml stays exact: every stage depends on precisely the code it runs and the
 params keys its script declares, so `dvc exp run -S key=value` re-runs what it must
 and nothing else, and every stage but `track` can be restored from DVC's run cache."""
-import ast
 import importlib
-import io
 import re
 import shutil
 import subprocess
@@ -13,54 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mobileast import dvcdeps, schema
+from mobileast.params import read_params
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def module_file(name: str) -> Path | None:
-    """Source file of a project module (package -> __init__.py), None for third-party."""
-    top = name.split(".")[0]
-    base = {"mobileast": ROOT / "src", "stages": ROOT}.get(top)
-    if base is None:
-        return None
-    path = base.joinpath(*name.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at top level or inside functions (lazy imports too)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def code_closure(module: str) -> set[str]:
-    """Project source files a module runs: itself, its imports, recursively, with the
-    parent packages' __init__.py files that Python executes on the way."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            path = module_file(".".join(parts[:i]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.extend(imported_modules(path))
-    return {str(p.relative_to(ROOT)) for p in seen}
-
-
 STAGE_COMMAND = "stages/python -m stages."  # stages/python: the venv's interpreter, found from any copy
 STAGES = sorted(name for name, stage in PIPELINE.items() if stage["cmd"].startswith(STAGE_COMMAND))
+CODE = {stage.name: set(stage.code) for stage in dvcdeps.expected(ROOT)}  # the generated code deps
 
 
 def test_every_stage_runs_a_stage_script():
@@ -71,7 +31,7 @@ def test_every_stage_runs_a_stage_script():
 def test_code_deps_are_exactly_what_the_stage_imports(stage):
     module = PIPELINE[stage]["cmd"].split()[2]
     code_deps = {d for d in PIPELINE[stage]["deps"] if d.endswith(".py")}
-    assert code_deps == code_closure(module)
+    assert code_deps == dvcdeps.code_closure(module, ROOT, tuple(dvcdeps.UNTRACKED_CODE)) == CODE[stage]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -140,29 +100,123 @@ def test_every_stage_but_track_can_be_restored_from_the_run_cache(stage):
 def test_track_runs_every_time():
     assert PIPELINE["track"]["always_changed"] is True
 
-def write_code_deps(path: Path = ROOT / "dvc.yaml") -> None:
-    """Rewrite every stage's code deps in dvc.yaml to its code closure, keeping its other deps
-    (data, models) after them and the file's comments: `python tests/test_dvc_pipeline.py`."""
-    from ruamel.yaml import YAML
 
-    yaml_rt = YAML()
-    yaml_rt.width, yaml_rt.preserve_quotes = 120, True
-    yaml_rt.indent(mapping=2, sequence=4, offset=2)
-    pipeline = yaml_rt.load(path.read_text())
-    for stage in pipeline["stages"].values():
-        deps = stage["deps"]
-        others = [(d, deps.ca.items.get(i)) for i, d in enumerate(deps) if not str(d).endswith(".py")]
-        code = sorted(code_closure(stage["cmd"].split()[2]), key=lambda d: (not d.startswith("stages/"), d))
-        deps.ca.items.clear()
-        deps[:] = code + [d for d, _ in others]
-        for i, (_, comment) in enumerate(others, start=len(code)):
-            if comment is not None:
-                deps.ca.items[i] = comment
-    text = io.StringIO()
-    yaml_rt.dump(pipeline, text)
-    # a blank line before every stage and the top-level plots
-    path.write_text(re.sub(r"(?m)(?<=\S\n)(?=(  [a-z_]+|plots):\n)", "\n", text.getvalue()))
+def test_dvc_deps_check_passes_on_the_project(capsys):
+    assert dvcdeps.main(["--check", "--root", str(ROOT)]) == 0
+    assert capsys.readouterr().out == ""
 
 
-if __name__ == "__main__":
-    write_code_deps()
+def project_copy(tmp_path: Path) -> Path:
+    """dvc.yaml and the code of the project in tmp_path/project."""
+    copy = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "src", copy / "src", ignore=ignore)
+    shutil.copytree(ROOT / "stages", copy / "stages", ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", copy)
+    shutil.copy(ROOT / "params.yaml", copy)
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    return copy
+
+
+def test_dvc_deps_check_names_stage_and_file_and_write_mends(tmp_path, capsys):
+    copy = project_copy(tmp_path)
+    dvc = copy / "dvc.yaml"
+    text = dvc.read_text()
+    reassemble = text.index("  reassemble:")
+    store = text.index("      - src/mobileast/data/store.py\n", reassemble)
+    text = text[:store] + text[store:].replace("      - src/mobileast/data/store.py\n", "", 1)  # a dep dropped
+    text = text.replace("      - src/mobileast/evaluate.py\n", "      - src/mobileast/evaluate.py\n"
+                        "      - src/mobileast/progress.py\n", 1)  # an untracked module listed
+    text = text.replace("      - logits.hop_s\n", "", 1)  # a param dropped (the first: student_train's)
+    dvc.write_text(text)
+    script = copy / "stages" / "complexity.py"
+    script.write_text(script.read_text().replace("from stages import run", "from stages import run\nimport mobileast.plots"))
+    assert dvcdeps.main(["--check", "--root", str(copy)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "dvc.yaml: stage reassemble: deps lack src/mobileast/data/store.py (imported by stages/reassemble.py)",
+        "dvc.yaml: stage student_train: params are [seed, features, student, train, distill, dkd, augment] but "
+        "stages/student_train.py declares PARAMS [seed, features, student, train, distill, dkd, augment, logits.hop_s]",
+        "dvc.yaml: stage complexity: deps lack src/mobileast/plots.py (imported by stages/complexity.py)",
+        "dvc.yaml: stage evaluate: deps list src/mobileast/progress.py, which is no dependency of any stage "
+        f"({dvcdeps.UNTRACKED_CODE['src/mobileast/progress.py']})",
+    ]
+    assert dvcdeps.main(["--write", "--root", str(copy)]) == 0
+    assert dvcdeps.main(["--check", "--root", str(copy)]) == 0
+    mended = (ROOT / "dvc.yaml").read_text().replace(
+        "      - src/mobileast/models/mobileast.py\n      - stages/__init__.py\n      - stages/complexity.py\n",
+        "      - src/mobileast/models/mobileast.py\n      - src/mobileast/plots.py\n      - stages/__init__.py\n"
+        "      - stages/complexity.py\n")
+    assert dvc.read_text() == mended  # only the import added changed; comments, outs, other deps kept
+    assert yaml.safe_load(dvc.read_text())["stages"]["complexity"]["deps"][-2:] == ["models/student.pt",
+                                                                                   "models/student_int8.pt"]
+
+
+def test_dvc_deps_write_sets_and_drops_params_blocks(tmp_path):
+    copy = project_copy(tmp_path)
+    for name, params in (("reassemble", '["seed"]'), ("evaluate", "[]")):
+        script = copy / "stages" / f"{name}.py"
+        script.write_text(re.sub(r"(?m)^PARAMS.*$", f"PARAMS = {params}", script.read_text()))
+    dvcdeps.write(copy)
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())["stages"]
+    assert stages["reassemble"]["params"] == ["seed"] and "params" not in stages["evaluate"]
+    assert list(stages["reassemble"])[:3] == ["cmd", "params", "deps"]
+    assert stages["track"]["params"] == [{"params.yaml": None}]
+    text = (copy / "dvc.yaml").read_text()
+    (copy / "dvc.yaml").write_text(text.replace("\nplots:\n", "\n  other:\n    cmd: stages/python -m stages.complexity\n"
+                                                "    outs:\n      - x\n\nplots:\n"))
+    dvcdeps.write(copy)  # a new stage without deps gets its code deps
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())["stages"]
+    assert stages["other"] == {"cmd": "stages/python -m stages.complexity", "deps": sorted(CODE["complexity"]),
+                               "outs": ["x"]}
+
+
+def test_a_new_schema_key_is_written_into_params_yaml_with_its_default(tmp_path, monkeypatch, capsys):
+    """Adding a param is its schema entry (with a default) plus `dvc-deps --write`."""
+    copy = project_copy(tmp_path)
+    monkeypatch.setitem(schema.SCHEMA["train"], "clip_grad",
+                        schema.number("float", "largest gradient norm (0 = no clipping)", 0, default=0.0))
+    assert dvcdeps.main(["--check", "--root", str(copy)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "params.yaml: lacks train.clip_grad (--write adds the schema's default)",
+        "docs/configuration.md: stale (python -m mobileast params-doc, or dvc-deps --write, rewrites it)"]
+    assert dvcdeps.main(["--write", "--root", str(copy)]) == 0
+    assert dvcdeps.main(["--check", "--root", str(copy)]) == 0
+    assert read_params(copy / "params.yaml")["train"]["clip_grad"] == 0.0
+    added = "  clip_grad: 0.0  # largest gradient norm (0 = no clipping)\n"
+    text = (copy / "params.yaml").read_text()
+    assert added in text and text.replace(added, "") == (ROOT / "params.yaml").read_text()
+    assert text.index(added) > text.index("    min_lr:", text.index("\ntrain:"))  # after the schedule, as in the schema
+    assert (copy / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()  # student_train declares `train`
+    assert "| `train.clip_grad` | float | >= 0 | `0.0` | largest gradient norm (0 = no clipping) | student_train |" \
+        in (copy / "docs" / "configuration.md").read_text()
+
+
+DATA_STAGES = ["demo_data", "resample", "reassemble"]
+TRAINING_STAGES = ["teacher_train", "teacher_logits", "student_train", "quantize"]
+BASICS = {f"src/mobileast/{name}.py" for name in ("__init__", "errors", "files", "labels", "params", "schema")}
+DATASET_CODE = {f"src/mobileast/data/{name}.py" for name in ("tau22", "parallel", "reassemble", "resample", "demo",
+                                                             "audio", "download")}
+
+
+@pytest.mark.parametrize("stage", DATA_STAGES)
+def test_data_stages_run_no_model_training_inference_or_tracking_code(stage):
+    """Only the data package, the basics (errors, files, labels, params) and the stage scripts."""
+    other = {path for path in CODE[stage] if not path.startswith(("src/mobileast/data/", "stages/"))}
+    assert other <= BASICS, other
+
+
+@pytest.mark.parametrize("stage", TRAINING_STAGES)
+def test_training_stages_do_not_run_the_dataset_validator_or_the_data_stages_code(stage):
+    assert not CODE[stage] & DATASET_CODE
+    assert "src/mobileast/data/store.py" in CODE[stage]  # what they read of the data
+
+
+def test_evaluate_does_not_run_the_training_engine():
+    assert "src/mobileast/train.py" not in CODE["evaluate"] and "src/mobileast/recipes.py" not in CODE["evaluate"]
+
+
+def test_progress_schema_and_tracking_changes_re_run_no_stage_but_track():
+    assert all(not CODE[stage] & set(dvcdeps.UNTRACKED_CODE) for stage in STAGES)
+    assert set(dvcdeps.UNTRACKED_CODE) == {"src/mobileast/progress.py", "src/mobileast/schema.py",
+                                           "src/mobileast/tracking.py"}
+    assert PIPELINE["track"]["always_changed"] is True  # why tracking.py may be untracked

@@ -15,6 +15,10 @@ COMMANDS = {
     "submit": ("mobileast.submit", "a DCASE2023 Task 1 submission package (output, complexity, meta)"),
     "download": ("mobileast.data.download", "download and verify the TAU22 development set"),
     "profile": ("mobileast.profiles", "params overrides of the report's TAU22 setups (list, print, apply)"),
+    "dvc-deps": ("mobileast.dvcdeps", "check (--check) or regenerate (--write) the code deps and params lists "
+                                      "of dvc.yaml from what each stage imports and declares"),
+    "params-doc": ("mobileast.paramsdoc", "write (or --check) docs/configuration.md, the params reference "
+                                          "generated from mobileast.schema"),
 }
 
 

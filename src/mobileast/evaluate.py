@@ -27,7 +27,7 @@ from mobileast.labels import SCENES
 
 from mobileast.progress import progress
 from mobileast.data.crops import ClipSource, check_clip_rate
-from mobileast.data.reassemble import read_recordings
+from mobileast.data.store import read_recordings
 from mobileast.deploy import feature_args, frontend_for, load_model_any
 from mobileast.metrics import evaluate_predictions, summary
 from mobileast.plots import save_figure

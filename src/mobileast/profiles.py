@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import shlex
 import sys
 from dataclasses import dataclass, replace
@@ -41,9 +40,9 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from mobileast.errors import InputError, ParamsError
-from mobileast.files import atomic_output, project_root
-from mobileast.params import check_params, read_yaml, schema_at
-from mobileast.schema import SCHEMA
+from mobileast.files import project_root
+from mobileast.params import edit_file, read_yaml, schema_at
+from mobileast.schema import SCHEMA, leaves
 
 PROFILES_DIR = "profiles"
 PROFILE_KEYS = {"version", "description", "extends", "requires", "defines", "overrides"}
@@ -83,8 +82,7 @@ def check_key(key: str, where: str) -> None:
 
 def schema_keys(key: str) -> list[str]:
     """The dotted keys of the values at and below `key` in the params schema."""
-    node = schema_at(key)
-    return [leaf for name in node for leaf in schema_keys(f"{key}.{name}")] if isinstance(node, dict) else [key]
+    return list(leaves(schema_at(key), key))
 
 
 def decided_keys(defines: Sequence[str], value: Callable[[str], Any]) -> list[str]:
@@ -209,35 +207,11 @@ def apply_to_file(path: Path, overrides: Mapping[str, Any]) -> None:
 
     The result is checked against the schema before it replaces the file (atomically).
     """
-    from ruamel.yaml import YAML
+    def set_overrides(document: Any) -> None:
+        for key, value in overrides.items():
+            _parent(document, key)[key.rsplit(".", 1)[-1]] = value
 
-    editor = YAML()
-    editor.preserve_quotes = True
-    editor.width = 4096
-    editor.representer.add_representer(float, _represent_float)
-    editor.representer.add_representer(type(None), _represent_null)
-    document = editor.load(path.read_text())
-    for key, value in overrides.items():
-        _parent(document, key)[key.rsplit(".", 1)[-1]] = value
-    text = io.StringIO()
-    editor.dump(document, text)
-    check_params(read_yaml(text.getvalue()))
-    with atomic_output(path) as tmp:
-        tmp.write_text(text.getvalue())
-
-
-def _represent_float(representer: Any, value: float) -> Any:
-    """Floats with a dot in the mantissa (1.0e-05, not ruamel's 1e-05, which YAML 1.1 reads as a string)."""
-    text = repr(value)
-    if "e" in text and "." not in text.split("e")[0]:
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa}.0e{exponent}"
-    return representer.represent_scalar("tag:yaml.org,2002:float", text)
-
-
-def _represent_null(representer: Any, value: None) -> Any:
-    """None as `null` (ruamel writes nothing, `f_max:`, which reads back as null but hides it)."""
-    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    edit_file(path, set_overrides)
 
 
 def yaml_value(value: Any) -> str:

@@ -19,8 +19,7 @@ import torch
 from mobileast.errors import ParamsError
 
 from mobileast.labels import SCENES
-from mobileast.data.reassemble import read_recordings
-from mobileast.data.store import read_index
+from mobileast.data.store import read_index, read_recordings
 
 
 def parse_slices(slices_present: str | Sequence[int]) -> np.ndarray:

@@ -22,9 +22,8 @@ import pandas as pd
 
 from mobileast.errors import InputError
 from mobileast.data import tau22
-from mobileast.data.store import INDEX_FILE, read_index
+from mobileast.data.store import INDEX_FILE, RECORDINGS_FILE, read_index
 
-RECORDINGS_FILE = "recordings.csv"
 RECORDING_COLUMNS = ["recording", "scene_label", "identifier", "city", "location", "device", "fold",
                      "n_slices", "slices_present", "complete", "offset", "length", "clip_samples"]
 RECORDING_FIELDS = ["scene_label", "city", "location", "segment", "device"]  # the key, in tau22.recording_key's order
@@ -115,10 +114,3 @@ def _report(recordings: pd.DataFrame, clip: int) -> dict[str, Any]:
 def _missing(slices_present: str) -> list[int]:
     present = {int(s) for s in slices_present.split(",")}
     return [s for s in range(tau22.SLICES_PER_RECORDING) if s not in present]
-
-
-def read_recordings(store_dir: Path) -> pd.DataFrame:
-    """The recordings.csv of a recordings table (text columns as str)."""
-    table = pd.read_csv(Path(store_dir) / RECORDINGS_FILE, dtype=str, keep_default_na=False)
-    table["complete"] = table.complete.map({"True": True, "False": False})
-    return table.astype({"n_slices": int, "offset": np.int64, "length": np.int64, "clip_samples": int})

@@ -1,4 +1,8 @@
-"""Flat int16 audio stores (one 1-D .npy per fold) and the JSON stage reports."""
+"""Flat int16 audio stores (one 1-D .npy per fold), their tables (the clip index of a
+resampled store, the recordings table over its train audio) and the JSON stage reports.
+
+What the training stages read of the data: it imports nothing of the dataset validator
+(mobileast.data.tau22), so a change there re-runs no training stage."""
 from __future__ import annotations
 
 import json
@@ -12,6 +16,7 @@ from pandas.api.types import union_categoricals
 
 FOLDS = ("train", "evaluate")
 INDEX_FILE = "index.csv"  # the clip index of a resampled store
+RECORDINGS_FILE = "recordings.csv"  # the recordings table (mobileast.data.reassemble)
 INDEX_NUMBERS = {"slice": int, "offset": np.int64, "length": np.int64}
 CHUNK_ROWS = 2000  # rows of a table parsed at a time: bounds the parser's transient memory
 
@@ -81,6 +86,13 @@ def read_table(path: Path, numbers: Mapping[str, Any] = {}, sep: str = ",") -> p
 def read_index(store_dir: Path) -> pd.DataFrame:
     """The index.csv of a resampled store (filename as str, positions as int, the other text columns categorical)."""
     return read_table(Path(store_dir) / INDEX_FILE, INDEX_NUMBERS)
+
+
+def read_recordings(store_dir: Path) -> pd.DataFrame:
+    """The recordings.csv of a recordings table (text columns as str)."""
+    table = pd.read_csv(Path(store_dir) / RECORDINGS_FILE, dtype=str, keep_default_na=False)
+    table["complete"] = table.complete.map({"True": True, "False": False})
+    return table.astype({"n_slices": int, "offset": np.int64, "length": np.int64, "clip_samples": int})
 
 
 def read_report(path: Path) -> dict[str, Any]:
