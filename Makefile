@@ -41,6 +41,7 @@ bench: venv
 
 # docs/cli.md from the commands' argparse definitions (tests/test_docs.py fails when it is stale).
 docs: venv
+	python -m mobileast params-doc
 	python -m mobileast.cli_docs docs/cli.md
 
 clean-venv:

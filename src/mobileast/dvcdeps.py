@@ -226,8 +226,11 @@ def write(root: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast dvc-deps", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast dvc-deps", description="\n\n".join(__doc__.split("\n\n")[:2]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m mobileast dvc-deps --check   # in CI: dvc.yaml matches the code\n"
+               "  python -m mobileast dvc-deps --write   # after adding an import or a params key")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="list the differences; exit 1 if there is one")
     action.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps and params lists (and add to params.yaml "

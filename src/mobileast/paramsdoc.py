@@ -105,7 +105,10 @@ def write_doc(root: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobileast params-doc", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobileast params-doc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m mobileast params-doc           # rewrite docs/configuration.md\n"
+               "  python -m mobileast params-doc --check   # exit 1 when it is stale")
     parser.add_argument("--check", action="store_true", help=f"exit 1 if {DOC} is not what would be written")
     parser.add_argument("--root", type=Path, help="the project (default: the one holding the working directory)")
     args = parser.parse_args(argv)
