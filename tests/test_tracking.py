@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -340,3 +342,84 @@ def test_training_data_fingerprints_the_stores_each_training_stage_read():
     assert training_data(params, lock)[0].digest != teacher.digest
     with pytest.raises(ValueError, match="dvc.lock: stage student_train lists no data"):
         training_data(params, {"stages": {"teacher_train": lock["stages"]["teacher_train"]}})
+
+
+@pytest.fixture
+def locked(store):
+    """Hold sqlite's exclusive lock on the store while in the `with` block (another writer mid-commit)."""
+    import sqlite3
+
+    @contextmanager
+    def hold():
+        connection = sqlite3.connect(store.removeprefix("sqlite:///"), isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+
+    return hold
+
+
+def test_a_locked_store_costs_a_stage_one_warning_and_a_bounded_wait(store, locked, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    monkeypatch.setattr(tracking, "EPOCH_LOG_SECONDS", 0.5)
+    with tracking.start_run("student_train", {"seed": 0}) as run:
+        tracking.log_metrics({"val_accuracy": 0.1}, step=1)
+        with locked():
+            start = time.monotonic()
+            for epoch in (2, 3, 4):
+                tracking.log_metrics({"val_accuracy": epoch / 10}, step=epoch)
+            waited = time.monotonic() - start
+        tracking.log_metrics({"val_accuracy": 0.5}, step=5)
+    assert waited < 3 * 0.5 + 1.0  # each call gave up after EPOCH_LOG_SECONDS, training went on
+    assert capsys.readouterr().err.count("tracking: warning: cannot log metrics") == 1
+    client = MlflowClient(store)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps[0] == 1 and steps[-1] == 5  # before and after the lock; those during it landed or were dropped
+
+
+def test_runs_are_ended_by_id_so_a_retry_after_a_lock_error_ends_them(store, monkeypatch):
+    """mlflow.end_run forgets the active run before writing its status: retrying it after a lock
+    error would leave the run RUNNING. tracking.end_run retries the write by id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    real = MlflowClient.set_terminated
+    calls = []
+
+    def locked_once(self, run_id, status=None, end_time=None):
+        calls.append(status)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, status, end_time)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", locked_once)
+    with pytest.raises(ValueError, match="diverged"):
+        with tracking.start_run("student_train", {"seed": 0}) as run:
+            raise ValueError("diverged")
+    assert calls[:2] == ["FAILED", "FAILED"] and mlflow.active_run() is None
+    assert MlflowClient(store).get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_store_that_cannot_end_a_stage_run_warns_and_the_stage_succeeds(store, monkeypatch, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    def unreachable(self, run_id, status=None, end_time=None):
+        raise RuntimeError("connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_terminated", unreachable)
+        with tracking.start_run("evaluate", {"seed": 0}) as run:
+            pass
+    assert "cannot end MLflow run" in capsys.readouterr().err and mlflow.active_run() is None
+    with pytest.raises(RuntimeError, match="connection refused"):  # a summary run's logging is strict
+        with monkeypatch.context() as patch:
+            patch.setattr(MlflowClient, "set_terminated", unreachable)
+            with tracking.start_run("summary", {"seed": 0}, strict=True):
+                pass
+    assert MlflowClient(store).get_run(run.info.run_id).info.status == "RUNNING"

@@ -193,11 +193,13 @@ def end_run(run_id: str, status: str, timeout: float = LOCK_RETRY_SECONDS) -> No
     mlflow = _mlflow()
     from mlflow import MlflowClient
 
-    retry_locked(MlflowClient(tracking_uri()).set_terminated, run_id, status, timeout=timeout)
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        with suppress(Exception):  # it pops the active run, then rewrites the status written above
-            mlflow.end_run(status)
+    try:
+        retry_locked(MlflowClient(tracking_uri()).set_terminated, run_id, status, timeout=timeout)
+    finally:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            with suppress(Exception):  # it pops the active run, then rewrites the status (written above)
+                mlflow.end_run(status)
 
 
 @contextmanager
