@@ -38,9 +38,9 @@ import json
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
-import re
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
