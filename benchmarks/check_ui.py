@@ -6,11 +6,13 @@ After `make repro` and `.venv/bin/dvc exp run -S dkd.alpha=5` (README, Running e
     .venv/bin/python benchmarks/check_ui.py --url http://127.0.0.1:5000 --alpha 1 5   # a UI already up
 
 Prints the summary runs the server returns (DVC experiment, dkd.alpha, headline metrics,
-per-device accuracy of the int8 student, model artifacts) and checks that they are exactly
+per-device accuracy of the int8 student, model artifacts, the Model and Dataset columns)
+and checks that they are exactly
 the expected ones: as many as `--alpha` values (or `--runs`, default 2), one per DVC
 experiment state, finished, with exactly those dkd.alpha values (without `--alpha`: distinct
 ones), every headline metric, the float and int8 students' accuracy on the same devices,
-and the three model files under `model/`. Exits 1 naming each problem. The server
+the three model files under `model/`, one logged model (the Model column) and a dataset
+per training stage (the Dataset column). Exits 1 naming each problem. The server
 started here is stopped at the end.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Callable
 
-from mobileast.summary import PipelineFiles
+from mobileast.summary import TRAINING_STAGES, PipelineFiles
 from mobileast.tracking import EXPERIMENT, STATE_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,9 @@ def describe(run: dict, models: Callable[[str], list[str]]) -> dict:
     return {"name": run["info"]["run_name"], "experiment": tags.get("dvc_experiment"), "state": tags.get(STATE_TAG),
             "status": run["info"]["status"], "alpha": params.get("dkd.alpha"),
             "metrics": {m["key"]: m["value"] for m in data.get("metrics", [])},
-            "models": sorted(models(run["info"]["run_id"]))}
+            "models": sorted(models(run["info"]["run_id"])),
+            "logged_models": [output["model_id"] for output in run.get("outputs", {}).get("model_outputs", [])],
+            "datasets": sorted(entry["dataset"]["name"] for entry in run.get("inputs", {}).get("dataset_inputs", []))}
 
 
 def devices(metrics: dict[str, float], prefix: str) -> set[str]:
@@ -120,18 +124,25 @@ def problems(found: list[dict], runs: int, alphas: list[str] | None) -> list[str
             wrong.append(f"{f['name']}: per-device accuracy on devices {[sorted(s) for s in seen]}")
         if set(f["models"]) != MODELS:
             wrong.append(f"{f['name']}: model artifacts {f['models']}, expected {sorted(MODELS)}")
+        if len(f["logged_models"]) != 1:
+            wrong.append(f"{f['name']}: {len(f['logged_models'])} logged models (Model column), expected 1")
+        if sorted(name.rpartition("/")[2] for name in f["datasets"]) != sorted(TRAINING_STAGES):
+            wrong.append(f"{f['name']}: datasets {f['datasets']} (Dataset column), expected one per "
+                         f"training stage {list(TRAINING_STAGES)}")
     return wrong
 
 
 def report(found: list[dict]) -> None:
-    print("| run | DVC experiment | dkd.alpha | " + " | ".join(HEADLINE) + " | int8 accuracy per device | models |")
-    print("|---" * (len(HEADLINE) + 5) + "|")
+    print("| run | DVC experiment | dkd.alpha | " + " | ".join(HEADLINE)
+          + " | int8 accuracy per device | models | logged model | datasets |")
+    print("|---" * (len(HEADLINE) + 7) + "|")
     for f in found:
         per_device = {d: f["metrics"][PER_DEVICE[1] + d] for d in sorted(devices(f["metrics"], PER_DEVICE[1]))}
         print(f"| {f['name']} | {f['experiment']} | {f['alpha']} | "
               + " | ".join(f"{f['metrics'].get(k, float('nan')):.4g}" for k in HEADLINE)
               + " | " + ", ".join(f"{d} {v:.3f}" for d, v in per_device.items())
-              + f" | {', '.join(path.removeprefix('model/') for path in f['models'])} |")
+              + f" | {', '.join(path.removeprefix('model/') for path in f['models'])}"
+              + f" | {', '.join(f['logged_models'])} | {', '.join(f['datasets'])} |")
 
 
 def check(base: str, runs: int, alphas: list[str] | None) -> int:
@@ -145,7 +156,7 @@ def check(base: str, runs: int, alphas: list[str] | None) -> int:
         print(f"PROBLEM: {problem}")
     if not wrong:
         print(f"OK: {len(found)} summary runs, one per DVC experiment state, with their metrics, per-device "
-              "accuracy and models")
+              "accuracy, models and datasets")
     return 1 if wrong else 0
 
 

@@ -14,8 +14,9 @@ PARAMS = None  # the whole params.yaml
 def main() -> None:
     result = sync(load_params())
     what = "logged" if result.created else "already in the store:"
+    model = f", its int8 model models:/{result.model_id}" if result.model_id else ""
     registered = f", registered as version {result.model_version}" if result.model_version else ""
-    print(f"track: summary run {result.run_id} {what} for this experiment state{registered}; "
+    print(f"track: summary run {result.run_id} {what} for this experiment state{model}{registered}; "
           f"{result.adopted} stage run(s) nested under it")
 
 

@@ -13,7 +13,7 @@ spec.loader.exec_module(check_ui)
 
 
 def rest_run(experiment: str, alpha: str, status: str = "FINISHED", drop_metric: str | None = None,
-             state: str | None = None) -> dict:
+             state: str | None = None, logged_models: int = 1, stages=("teacher_train", "student_train")) -> dict:
     """A summary run as `runs/search` returns it."""
     metrics = {key: 0.5 for key in check_ui.HEADLINE} | {
         f"{prefix}{device}": 0.5 for prefix in check_ui.PER_DEVICE for device in ("a", "s4")}
@@ -22,7 +22,9 @@ def rest_run(experiment: str, alpha: str, status: str = "FINISHED", drop_metric:
             "data": {"tags": [{"key": "dvc_experiment", "value": experiment}, {"key": "summary", "value": "true"},
                               {"key": "dvc_state", "value": state or f"state-of-alpha-{alpha}"}],
                      "params": [{"key": "dkd.alpha", "value": alpha}],
-                     "metrics": [{"key": k, "value": v} for k, v in metrics.items()]}}
+                     "metrics": [{"key": k, "value": v} for k, v in metrics.items()]},
+            "inputs": {"dataset_inputs": [{"dataset": {"name": f"demo/{stage}", "digest": "d"}} for stage in stages]},
+            "outputs": {"model_outputs": [{"model_id": f"m-{experiment}", "step": "0"}] * logged_models}}
 
 
 def problems(runs: list[dict], models=check_ui.MODELS, expect: int = 2, alphas=("1", "5")) -> list[str]:
@@ -49,6 +51,10 @@ def test_the_baseline_and_one_experiment_pass():
      "exp-a: no metric teacher.accuracy"),
     ([rest_run("workspace", "1", drop_metric="student_int8.per_device_accuracy.s4"), rest_run("exp-a", "5")],
      "workspace: per-device accuracy"),
+    ([rest_run("workspace", "1", logged_models=0), rest_run("exp-a", "5")],
+     "workspace: 0 logged models (Model column)"),
+    ([rest_run("workspace", "1"), rest_run("exp-a", "5", stages=("student_train",))],
+     "exp-a: datasets ['demo/student_train'] (Dataset column)"),
 ])
 def test_a_missing_duplicate_or_incomplete_run_is_a_problem(runs, expected):
     found = problems(runs)

@@ -1,45 +1,176 @@
-"""TAU22 download helper: checksums verified, verified archives not fetched again, root found."""
+"""TAU22 download helper against a local HTTP server: one archive at a time, verified, unpacked
+through a scratch folder with a done marker; range resume, a stalled connection, zip-slip, and
+network, disk, checksum and archive errors as one-line messages."""
 from __future__ import annotations
 
 import hashlib
+import io
+import threading
+import time
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from mobileast.data import download
 
 
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class Zenodo:
+    """Files served on 127.0.0.1 with HTTP range support; `stall.zip` sends a few bytes, then nothing."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.failing: set[str] = set()
+        self.release = threading.Event()
+        zenodo = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                zenodo.requests.append((name, self.headers.get("Range")))
+                if name == "stall.zip":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"PK")
+                    self.wfile.flush()
+                    zenodo.release.wait(10)
+                    return
+                if name in zenodo.failing or name not in zenodo.files:
+                    self.send_error(503 if name in zenodo.failing else 404)
+                    return
+                data = zenodo.files[name]
+                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
+                if start >= len(data):
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{{name}}"
+
+    def publish(self, name: str, data: bytes) -> str:
+        self.files[name] = data
+        return hashlib.md5(data).hexdigest()
+
+
 @pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    """Two small archives in a local 'Zenodo' directory, reachable through file:// URLs."""
-    source = tmp_path / "zenodo"
-    source.mkdir()
-    archives = {}
-    for name, member, text in (("x.meta.zip", "TAU/meta.csv", "filename\n"), ("x.audio.1.zip", "TAU/audio/a.wav", "RIFF")):
-        with zipfile.ZipFile(source / name, "w") as archive:
-            archive.writestr(member, text)
-        archives[name] = hashlib.md5((source / name).read_bytes()).hexdigest()
+def zenodo(monkeypatch):
+    """The two archives of a tiny TAU22 layout, listed in ARCHIVES with their md5 sums."""
+    server = Zenodo()
+    archives = {"x.meta.zip": server.publish("x.meta.zip", zip_bytes({"TAU/meta.csv": b"filename\n"})),
+                "x.audio.1.zip": server.publish("x.audio.1.zip", zip_bytes({"TAU/audio/a.wav": bytes(range(256)) * 64}))}
     monkeypatch.setattr(download, "ARCHIVES", archives)
-    return f"file://{source}/{{name}}", archives
+    monkeypatch.setattr(download, "URL", server.url)
+    yield server
+    server.release.set()
+    server.server.shutdown()
+    server.server.server_close()
 
 
-def test_download_verifies_unpacks_and_finds_the_root(mirror, tmp_path):
-    url, _ = mirror
-    root = download.download(tmp_path / "data", url)
-    assert root == tmp_path / "data" / "TAU" and (root / "audio" / "a.wav").read_text() == "RIFF"
-    assert not list((tmp_path / "data").glob("*.zip"))
+def test_download_verifies_unpacks_and_finds_the_root(zenodo, tmp_path):
+    dest = tmp_path / "data"
+    root = download.download(dest, zenodo.url)
+    assert root == dest / "TAU" and (root / "audio" / "a.wav").read_bytes() == bytes(range(256)) * 64
+    assert (root / "meta.csv").read_text() == "filename\n" and not list(dest.glob("*.zip"))
+    assert sorted(p.name for p in (dest / download.SCRATCH).iterdir()) == ["x.audio.1.zip.done", "x.meta.zip.done"]
+    assert download.download(dest, zenodo.url, keep_archives=True) == root and len(zenodo.requests) == 2  # all done
 
 
-def test_wrong_checksum_fails_and_leaves_nothing(mirror, tmp_path, monkeypatch):
-    url, archives = mirror
-    monkeypatch.setitem(archives, "x.meta.zip", "0" * 32)
-    with pytest.raises(download.ChecksumError, match="x.meta.zip: md5 .*, expected 0000"):
-        download.download(tmp_path / "data", url)
-    assert not (tmp_path / "data" / "x.meta.zip").exists() and not list((tmp_path / "data").glob("*.part"))
+def test_keep_archives_keeps_the_verified_zips(zenodo, tmp_path):
+    download.download(tmp_path / "data", zenodo.url, keep_archives=True)
+    assert {p.name: download.md5sum(p) for p in (tmp_path / "data").glob("*.zip")} == download.ARCHIVES
 
 
-def test_verified_archives_are_not_fetched_again(mirror, tmp_path, monkeypatch):
-    url, _ = mirror
-    download.download(tmp_path / "data", url, keep_archives=True)
-    monkeypatch.setattr(download.urllib.request, "urlopen", pytest.fail)
-    download.download(tmp_path / "data", url, keep_archives=True)
+def test_an_interrupted_download_resumes_the_partial_archive_and_skips_finished_ones(zenodo, tmp_path, capsys):
+    dest = tmp_path / "data"
+    zenodo.failing.add("x.audio.1.zip")
+    assert download.main([str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"download: x.audio.1.zip: HTTP 503 Service Unavailable from {zenodo.url.format(name='x.audio.1.zip')}\n"
+    assert (dest / "TAU" / "meta.csv").is_file()  # the first archive is in place and marked done
+
+    zenodo.failing.clear()
+    audio = zenodo.files["x.audio.1.zip"]
+    (dest / download.SCRATCH / "x.audio.1.zip.part").write_bytes(audio[:5000])  # a transfer broken at 5000 bytes
+    zenodo.requests.clear()
+    assert download.main([str(dest)]) == 0
+    assert zenodo.requests == [("x.audio.1.zip", "bytes=5000-")]  # the meta archive is not fetched again
+    assert (dest / "TAU" / "audio" / "a.wav").read_bytes() == bytes(range(256)) * 64
+
+
+def test_a_complete_part_file_is_verified_without_fetching_it_again(zenodo, tmp_path):
+    dest = tmp_path / "data"
+    (dest / download.SCRATCH).mkdir(parents=True)
+    (dest / download.SCRATCH / "x.meta.zip.part").write_bytes(zenodo.files["x.meta.zip"])
+    download.download(dest, zenodo.url)
+    assert ("x.meta.zip", f"bytes={len(zenodo.files['x.meta.zip'])}-") in zenodo.requests  # answered 416
+    assert (dest / "TAU" / "meta.csv").is_file()
+
+
+def test_a_stalled_connection_times_out_with_one_line_and_keeps_the_part(zenodo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(download, "ARCHIVES", {"stall.zip": "0" * 32})
+    start = time.monotonic()
+    assert download.main([str(tmp_path / "data"), "--timeout", "0.3"]) == 1
+    assert time.monotonic() - start < 3
+    assert capsys.readouterr().err == (f"download: stall.zip: no data from {zenodo.url.format(name='stall.zip')} "
+                                       "for 0.3 s; run again to resume\n")
+    assert (tmp_path / "data" / download.SCRATCH / "stall.zip.part").read_bytes() == b"PK"
+
+
+def test_wrong_checksum_is_one_line_and_deletes_the_download(zenodo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(download.ARCHIVES, "x.meta.zip", "0" * 32)
+    assert download.main([str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("download: x.meta.zip: md5 ") and ", expected 0000" in err and err.count("\n") == 1
+    assert not list((tmp_path / "data").rglob("*.zip*"))
+
+
+def test_a_broken_zip_with_the_published_checksum_is_one_line(zenodo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(download, "ARCHIVES", {"bad.zip": zenodo.publish("bad.zip", b"not a zip at all")})
+    assert download.main([str(tmp_path / "data")]) == 1
+    assert capsys.readouterr().err == "download: bad.zip: not a readable zip archive (File is not a zip file)\n"
+
+
+def test_a_disk_error_is_one_line(zenodo, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the destination's parent should be")
+    assert download.main([str(blocker / "data")]) == 1
+    assert capsys.readouterr().err == f"download: x.meta.zip: Not a directory: {blocker / 'data' / download.SCRATCH}\n"
+
+
+def test_a_zip_slip_member_is_refused_and_nothing_leaves_the_destination(zenodo, tmp_path, monkeypatch, capsys):
+    """`../evil` would land beside the destination: the whole archive is refused before any member is written."""
+    evil = zip_bytes({"TAU/meta.csv": b"filename\n", "../evil": b"owned"})
+    monkeypatch.setattr(download, "ARCHIVES", {"evil.zip": zenodo.publish("evil.zip", evil)})
+    dest = tmp_path / "data"
+    assert download.main([str(dest)]) == 1
+    assert capsys.readouterr().err == f"download: evil.zip: member '../evil' would be written outside {dest}; the archive is refused\n"
+    assert not list(tmp_path.rglob("evil")) and not (dest / "TAU").exists()
+    assert not (dest / download.SCRATCH / "evil.zip.done").exists()
+
+
+def test_an_unreachable_server_is_one_line(zenodo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(download, "URL", "http://127.0.0.1:1/{name}")  # nothing listens on port 1
+    assert download.main([str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("download: x.meta.zip: cannot reach http://127.0.0.1:1/x.meta.zip (") and err.count("\n") == 1

@@ -1,9 +1,13 @@
-"""MLflow store resolution (also from DVC's experiment copies), tags and params."""
+"""MLflow store resolution (also from DVC's experiment copies), tags and params, summary runs with
+their logged ONNX model and datasets, and a locked store that never fails a stage."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,11 +15,9 @@ import pytest
 from mobileast import tracking
 
 LOGGING_SCRIPT = """
-import sys
 from mobileast import tracking
 with tracking.start_run("student_train", {"dkd": {"alpha": 5.0, "T": 4}, "seed": 0}):
     tracking.log_metrics({"val_accuracy": 0.5}, step=1)
-    tracking.log_artifact(sys.argv[0])
 """
 
 
@@ -85,7 +87,6 @@ def test_runs_from_queued_and_temp_copies_land_in_the_root_store(project):
     assert run.data.params == {"dkd.alpha": "5.0", "dkd.T": "4", "seed": "0"}
     assert run.data.metrics == {"val_accuracy": 0.5}
     assert run.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["log.py"]
 
 
 def test_tracking_uri_overrides_the_root_store(project, tmp_path):
@@ -171,16 +172,38 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
+META = {"features": {"sample_rate": 8000, "n_mels": 8, "hop_length": 100}, "classes": ["x", "y"]}
+
+
+def tiny_onnx(path, weight_scale: float = 1.0):
+    """A linear classifier over (batch, 1, 8, 80) inputs as an ONNX file with the deployed meta."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((8 * 80, 2), weight_scale, np.float32), "w")
+    bias = numpy_helper.from_array(np.array([1.0, -1.0], np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 80])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    prop = model.metadata_props.add()
+    prop.key, prop.value = "meta.json", json.dumps(META)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+DATASETS = (tracking.DataInput("demo/teacher_train", "1" * 32, "data/demo", "teacher_train"),
+            tracking.DataInput("demo/student_train", "2" * 32, "data/demo", "student_train"))
+
+
 def tiny_summary(tmp_path, alpha):
-    import torch
-
-    from mobileast.deploy import save_deployed
-
-    model = tmp_path / f"int8-{alpha}.pt"
-    meta = {"features": {"sample_rate": 8000, "n_mels": 8, "hop_length": 100}, "classes": ["x", "y"]}
-    save_deployed(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 80, 2)), model, meta)
+    model = tiny_onnx(tmp_path / f"int8-{alpha}.onnx", alpha)
     return tracking.ExperimentSummary({"dkd": {"alpha": alpha}}, {"student_int8.accuracy": 0.5},
-                                      [(model, "model")], model=model, model_metadata=meta)
+                                      [(model, "model")], model=model, datasets=DATASETS)
 
 
 def test_sync_summary_is_idempotent_and_nests_the_stage_runs(store, tmp_path, monkeypatch):
@@ -203,21 +226,65 @@ def test_sync_summary_is_idempotent_and_nests_the_stage_runs(store, tmp_path, mo
     assert stage.data.tags[tracking.PARENT_TAG] == first.run_id
     run = client.get_run(first.run_id)
     assert run.data.params == {"dkd.alpha": "1"} and run.data.metrics == {"student_int8.accuracy": 0.5}
-    assert [a.path for a in client.list_artifacts(first.run_id, "model")] == ["model/int8-1.pt"]
+    assert [a.path for a in client.list_artifacts(first.run_id, "model")] == ["model/int8-1.onnx"]
 
 
-def test_sync_summary_registers_the_model(store, tmp_path):
-    import mlflow.pytorch
-    import torch
+def test_summary_run_links_its_onnx_model_and_the_training_data(store, tmp_path):
+    """As the MLflow UI's Model and Dataset columns read them: the logged model (onnx flavour, no
+    pickle) of the run, loadable by `models:/<id>` and runnable with onnxruntime, and the datasets."""
+    import mlflow.onnx
+    import numpy as np
+    import onnxruntime
+    from mlflow import MlflowClient
+
+    result = tracking.sync_summary(tiny_summary(tmp_path, 1), "key1")
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    [logged] = client.search_logged_models([experiment_id])
+    assert (logged.model_id, logged.source_run_id, logged.name) == (result.model_id, result.run_id, "student_int8")
+    run = client.get_run(result.run_id)
+    assert [output.model_id for output in run.outputs.model_outputs] == [result.model_id]
+    info = mlflow.models.get_model_info(f"models:/{result.model_id}")
+    assert set(info.flavors) == {"onnx", "python_function"} and info.metadata == {"meta.json": META}
+    assert [tuple(spec.shape) for spec in info.signature.inputs.inputs] == [(-1, 1, 8, 80)]
+    assert not any(path.suffix in (".pkl", ".pickle") for path in
+                   Path(mlflow.artifacts.download_artifacts(f"models:/{result.model_id}")).rglob("*"))
+    proto = mlflow.onnx.load_model(f"models:/{result.model_id}")
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    [logits] = session.run(None, {"x": np.zeros((1, 1, 8, 80), np.float32)})
+    np.testing.assert_allclose(logits, [[1.0, -1.0]])  # the bias: the model logged is the file's
+
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["demo/student_train", "demo/teacher_train"]
+    teacher = inputs["demo/teacher_train"]
+    assert teacher.dataset.digest == "1" * 32 and json.loads(teacher.dataset.source) == {"uri": "data/demo"}
+    assert {tag.key: tag.value for tag in teacher.tags} == {"mlflow.data.context": "training", "stage": "teacher_train",
+                                                            "split": "train"}
+
+
+def test_sync_summary_registers_the_model_with_the_experiments_alias(store, tmp_path, monkeypatch):
+    import mlflow.onnx
+    import onnx.numpy_helper
+    from mlflow import MlflowClient
 
     result = tracking.sync_summary(tiny_summary(tmp_path, 1), "key1", register_as="student-int8")
     assert result.model_version == "1"
-    from mlflow import MlflowClient
+    client = MlflowClient(store)
+    version = client.get_model_version("student-int8", "1")
+    assert version.tags == {"student_int8.accuracy": "0.5"} and version.aliases == ["workspace"]
+    assert version.source == f"models:/{result.model_id}" and version.current_stage == "None"
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    tracking.sync_summary(tiny_summary(tmp_path, 5), "key2", register_as="student-int8")
+    assert str(client.get_model_version_by_alias("student-int8", "exp-a").version) == "2"
+    proto = mlflow.onnx.load_model("models:/student-int8@workspace")
+    assert all(tensor.data_location == onnx.TensorProto.DEFAULT for tensor in proto.graph.initializer)  # one file
+    assert onnx.numpy_helper.to_array(proto.graph.initializer[0])[0, 0] == 1.0  # workspace's model: alpha 1
 
-    version = MlflowClient(store).get_model_version("student-int8", "1")
-    assert version.tags == {"student_int8.accuracy": "0.5"}
-    model = mlflow.pytorch.load_model("models:/student-int8/1")
-    assert model(torch.zeros(3, 1, 8, 80)).shape == (3, 2)
+
+def test_model_alias_is_one_mlflow_accepts():
+    assert tracking.model_alias("workspace") == "workspace" and tracking.model_alias("exp-a1b2c") == "exp-a1b2c"
+    assert tracking.model_alias("my exp/1.5") == "my-exp-1-5"
+    assert tracking.model_alias("latest") == "dvc-latest" and tracking.model_alias("v2") == "dvc-v2"
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("registry unavailable"), KeyboardInterrupt()])
@@ -230,7 +297,7 @@ def test_a_summary_run_that_failed_midway_is_replaced_by_the_next_sync(store, tm
         raise failure
 
     with monkeypatch.context() as patch:
-        patch.setattr(tracking, "_log_torchscript", fail)
+        patch.setattr(tracking, "_log_onnx", fail)
         with pytest.raises(type(failure)):
             tracking.sync_summary(tiny_summary(tmp_path, 1), "key1", register_as="student-int8")
     client = MlflowClient(store)
@@ -244,7 +311,115 @@ def test_a_summary_run_that_failed_midway_is_replaced_by_the_next_sync(store, tm
     [summary] = client.search_runs([experiment_id])  # the broken run is deleted
     assert summary.info.run_id == result.run_id and summary.info.status == "FINISHED"
     assert summary.data.metrics == {"student_int8.accuracy": 0.5}
-    assert [a.path for a in client.list_artifacts(result.run_id, "model")] == ["model/int8-1.pt"]
+    assert [a.path for a in client.list_artifacts(result.run_id, "model")] == ["model/int8-1.onnx"]
     assert client.get_model_version("student-int8", "1").run_id == result.run_id
     assert client.get_run(broken.info.run_id).info.lifecycle_stage == "deleted"
     assert not tracking.sync_summary(tiny_summary(tmp_path, 1), "key1").created
+
+
+def test_training_data_fingerprints_the_stores_each_training_stage_read():
+    import hashlib
+
+    from mobileast.summary import training_data
+
+    def dep(path, md5):
+        return {"path": path, "hash": "md5", "md5": md5}
+
+    lock = {"stages": {
+        "teacher_train": {"deps": [dep("src/mobileast/train.py", "c1"), dep("data/resampled", "r.dir"),
+                                   dep("data/recordings", "a.dir")]},
+        "student_train": {"deps": [dep("data/recordings", "a.dir"), dep("data/resampled", "r.dir"),
+                                   dep("data/teacher_logits", "l.dir"), dep("stages/student_train.py", "c2")]}}}
+    params = {"data": {"source": "tau22", "root": "/data/TAU"}}
+    teacher, student = training_data(params, lock)
+    assert (teacher.name, teacher.source, teacher.stage, teacher.split) == ("tau22/teacher_train", "/data/TAU",
+                                                                            "teacher_train", "train")
+    assert teacher.digest == hashlib.md5(b"data/recordings a.dir\ndata/resampled r.dir").hexdigest()
+    assert student.name == "tau22/student_train" and student.digest != teacher.digest
+    lock["stages"]["teacher_train"]["deps"][0]["md5"] = "code changed"  # code is not data
+    assert training_data(params, lock)[0] == teacher
+    lock["stages"]["teacher_train"]["deps"][1]["md5"] = "other.dir"
+    assert training_data(params, lock)[0].digest != teacher.digest
+    with pytest.raises(ValueError, match="dvc.lock: stage student_train lists no data"):
+        training_data(params, {"stages": {"teacher_train": lock["stages"]["teacher_train"]}})
+
+
+@pytest.fixture
+def locked(store):
+    """Hold sqlite's exclusive lock on the store while in the `with` block (another writer mid-commit)."""
+    import sqlite3
+
+    @contextmanager
+    def hold():
+        connection = sqlite3.connect(store.removeprefix("sqlite:///"), isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+
+    return hold
+
+
+def test_a_locked_store_costs_a_stage_one_warning_and_a_bounded_wait(store, locked, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    monkeypatch.setattr(tracking, "EPOCH_LOG_SECONDS", 0.5)
+    with tracking.start_run("student_train", {"seed": 0}) as run:
+        tracking.log_metrics({"val_accuracy": 0.1}, step=1)
+        with locked():
+            start = time.monotonic()
+            for epoch in (2, 3, 4):
+                tracking.log_metrics({"val_accuracy": epoch / 10}, step=epoch)
+            waited = time.monotonic() - start
+        tracking.log_metrics({"val_accuracy": 0.5}, step=5)
+    assert waited < 3 * 0.5 + 1.0  # each call gave up after EPOCH_LOG_SECONDS, training went on
+    assert capsys.readouterr().err.count("tracking: warning: cannot log metrics") == 1
+    client = MlflowClient(store)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps[0] == 1 and steps[-1] == 5  # before and after the lock; those during it landed or were dropped
+
+
+def test_runs_are_ended_by_id_so_a_retry_after_a_lock_error_ends_them(store, monkeypatch):
+    """mlflow.end_run forgets the active run before writing its status: retrying it after a lock
+    error would leave the run RUNNING. tracking.end_run retries the write by id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    real = MlflowClient.set_terminated
+    calls = []
+
+    def locked_once(self, run_id, status=None, end_time=None):
+        calls.append(status)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, status, end_time)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", locked_once)
+    with pytest.raises(ValueError, match="diverged"):
+        with tracking.start_run("student_train", {"seed": 0}) as run:
+            raise ValueError("diverged")
+    assert calls[:2] == ["FAILED", "FAILED"] and mlflow.active_run() is None
+    assert MlflowClient(store).get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_store_that_cannot_end_a_stage_run_warns_and_the_stage_succeeds(store, monkeypatch, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    def unreachable(self, run_id, status=None, end_time=None):
+        raise RuntimeError("connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_terminated", unreachable)
+        with tracking.start_run("evaluate", {"seed": 0}) as run:
+            pass
+    assert "cannot end MLflow run" in capsys.readouterr().err and mlflow.active_run() is None
+    with pytest.raises(RuntimeError, match="connection refused"):  # a summary run's logging is strict
+        with monkeypatch.context() as patch:
+            patch.setattr(MlflowClient, "set_terminated", unreachable)
+            with tracking.start_run("summary", {"seed": 0}, strict=True):
+                pass
+    assert MlflowClient(store).get_run(run.info.run_id).info.status == "RUNNING"

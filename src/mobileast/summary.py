@@ -8,13 +8,17 @@ One summary run per DVC experiment state carries:
   the ONNX int8 model's agreement with the torch one (`onnx.*`);
 - artifacts: the int8 TorchScript and ONNX models and the float checkpoint under `model/`, the
   reports (results, complexity, confusion matrices, training curves) under `reports/`;
-- with `tracking.register_model: true`, also the int8 model as an MLflow model (pytorch
-  flavour, `mlflow.pytorch.load_model`) `student_int8` with the deployed model's meta
-  (features, classes, architecture) in its MLmodel metadata, registered in the model
-  registry as a new version of `tracking.model_name`.
+- the int8 ONNX model as an MLflow logged model `student_int8` (onnx flavour,
+  `mlflow.onnx.load_model("models:/<model id>")`, run with onnxruntime) with the deployed
+  model's meta (features, classes, architecture) in its MLmodel metadata; with
+  `tracking.register_model: true` also registered in the model registry as a new version
+  of `tracking.model_name`, aliased with the DVC experiment's name;
+- datasets: the data each training stage read (`<data.source>/<stage>`, source `data.root`,
+  split train), its digest a hash of the data stores' hashes in the stage's dvc.lock entry.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,16 +53,30 @@ def _numbers(flat: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and v is not None}
 
 
-def _deployed_meta(path: Path) -> dict[str, Any]:
-    """The deployed model's meta, for the registry only: loading the model costs torch's import
-    (seconds on every `dvc repro`)."""
-    from mobileast.deploy import load_deployed
-
-    return load_deployed(path)[1]
+TRAINING_STAGES = ("teacher_train", "student_train")
+DATA_DIR = "data/"  # the stores a stage reads are its dependencies under data/
 
 
-def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = PipelineFiles()) -> tracking.ExperimentSummary:
-    """The summary of the pipeline's current outputs; a missing output is an error naming it."""
+def training_data(params: Mapping[str, Any], lock: Mapping[str, Any]) -> list[tracking.DataInput]:
+    """The data each training stage read, from its dvc.lock entry: the hashes DVC recorded for
+    its dependencies under data/ (recordings, resampled clips, teacher logits) make the digest."""
+    data = params["data"]
+    inputs = []
+    for stage in TRAINING_STAGES:
+        deps = lock.get("stages", {}).get(stage, {}).get("deps", [])
+        stores = sorted(f"{dep['path']} {dep['md5']}" for dep in deps if dep["path"].startswith(DATA_DIR))
+        if not stores:
+            raise ValueError(f"dvc.lock: stage {stage} lists no data dependencies (run the pipeline: dvc repro)")
+        inputs.append(tracking.DataInput(name=f"{data['source']}/{stage}",
+                                         digest=hashlib.md5("\n".join(stores).encode()).hexdigest(),
+                                         source=str(data["root"]), stage=stage))
+    return inputs
+
+
+def experiment_summary(params: Mapping[str, Any], lock: Mapping[str, Any],
+                       files: PipelineFiles = PipelineFiles()) -> tracking.ExperimentSummary:
+    """The summary of the pipeline's current outputs (`lock`: dvc.lock as read); a missing
+    output is an error naming it."""
     missing = [str(p) for p in (files.int8_model, files.onnx_model, files.float_model, files.metrics,
                                 files.complexity, files.quantize, files.export, *files.reports) if not p.is_file()]
     if missing:
@@ -72,11 +90,10 @@ def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = Pipelin
     export = json.loads(files.export.read_text())
     metrics |= _numbers(flatten({"onnx": {"param_memory_bytes": export["param_memory_bytes"],
                                           **export["evaluate_agreement_with_torch_int8"]}}))
-    meta = _deployed_meta(files.int8_model) if params["tracking"]["register_model"] else {}
     artifacts = [(files.int8_model, "model"), (files.onnx_model, "model"), (files.float_model, "model"),
                  (files.export, "reports"), *((p, "reports") for p in files.reports)]
-    return tracking.ExperimentSummary(params, metrics, artifacts, model=files.int8_model,
-                                      model_name="student_int8", model_metadata=meta)
+    return tracking.ExperimentSummary(params, metrics, artifacts, model=files.onnx_model,
+                                      model_name="student_int8", datasets=training_data(params, lock))
 
 
 def sync(params: Mapping[str, Any], files: PipelineFiles = PipelineFiles()) -> tracking.SyncResult:
@@ -84,5 +101,5 @@ def sync(params: Mapping[str, Any], files: PipelineFiles = PipelineFiles()) -> t
     lock = yaml.safe_load(files.lock.read_text()) if files.lock.is_file() else {}
     key = tracking.state_key(lock, exclude=("track",))
     settings = params["tracking"]
-    return tracking.sync_summary(experiment_summary(params, files), key,
+    return tracking.sync_summary(experiment_summary(params, lock, files), key,
                                  register_as=settings["model_name"] if settings["register_model"] else None)

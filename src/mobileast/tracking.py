@@ -1,4 +1,4 @@
-"""MLflow tracking of the pipeline.
+"""MLflow tracking of the pipeline (see docs/experiments.md).
 
 Store: `sqlite:///<project root>/mlflow.db`, its artifacts beside it in `mlartifacts/`.
 The root is that of the real repository even when DVC runs a stage in a temporary copy
@@ -12,7 +12,9 @@ Two kinds of runs:
   `<experiment>/<stage>`, with the stage's params and per-epoch metrics;
 - summary runs (`sync_summary`, called by the always-run `track` stage): exactly one per
   DVC experiment state, i.e. per (DVC experiment name, content of dvc.lock), with all
-  params, the final metrics, the reports and the models. It is logged when the store
+  params, the final metrics, the reports and the models, the int8 ONNX model as an MLflow
+  logged model (Model column, `models:/<model id>`) and the data each training stage read
+  as MLflow datasets (Dataset column). It is logged when the store
   lacks it, so it exists whether the stages ran, were skipped, or were restored from
   DVC's run cache, and a second `dvc repro` of the same state adds nothing. The stage
   runs of the experiment not yet grouped are nested under it (tag mlflow.parentRunId),
@@ -21,7 +23,12 @@ Two kinds of runs:
   by the next sync.
 
 Concurrent writers (`dvc queue start -j N`) share the sqlite file: every store call
-retries while sqlite reports "database is locked" (`retry_locked`).
+retries while sqlite reports "database is locked" (`retry_locked`). Tracking never fails a
+stage run: a store that cannot be reached (start, params, per-epoch metrics, end) costs a
+warning and at most `EPOCH_LOG_SECONDS` per metrics call, and the stage goes on (its
+history CSV and the summary run keep everything). A summary run's logging is strict: one
+that fails is not FINISHED and is logged again by the next sync. Runs are ended by id
+(`MlflowClient.set_terminated`), so a retry after a lock error really ends the run.
 """
 from __future__ import annotations
 
@@ -31,11 +38,14 @@ import json
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -52,7 +62,8 @@ SUMMARY_STAGE = "summary"
 PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "dvc_state"
 LOCKED = "database is locked"
-LOCK_RETRY_SECONDS = 120.0
+LOCK_RETRY_SECONDS = 120.0  # a summary run's store calls, and ending a run
+EPOCH_LOG_SECONDS = 10.0  # at most this long per metrics call of a stage run, then it warns and goes on
 MAX_PARAMS_PER_CALL = 100  # mlflow's limit per log_batch
 T = TypeVar("T")
 
@@ -158,60 +169,138 @@ def _experiment_id(mlflow: Any, name: str, uri: str) -> str:
         return retry_locked(mlflow.create_experiment, name, artifact_location=location)
 
 
+def _warn(message: str) -> None:
+    print(f"tracking: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _log_params(mlflow: Any, params: Mapping[str, Any]) -> None:
     items = list(flatten(params).items())
     for start in range(0, len(items), MAX_PARAMS_PER_CALL):
         retry_locked(mlflow.log_params, dict(items[start:start + MAX_PARAMS_PER_CALL]))
 
 
+def end_run(run_id: str, status: str, timeout: float = LOCK_RETRY_SECONDS) -> None:
+    """Mark run `run_id` ended with `status`, by id, retried while the store is locked.
+
+    (mlflow.end_run forgets the active run before it writes the status, so retrying it
+    after a lock error ends nothing and leaves the run RUNNING.) Then drops the run from
+    mlflow's active runs, if it is the active one.
+    """
+    mlflow = _mlflow()
+    from mlflow import MlflowClient
+
+    try:
+        retry_locked(MlflowClient(tracking_uri()).set_terminated, run_id, status, timeout=timeout)
+    finally:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            with suppress(Exception):  # it pops the active run, then rewrites the status (written above)
+                mlflow.end_run(status)
+
+
 @contextmanager
 def start_run(stage: str, params: Mapping[str, Any], mlflow_experiment: str = EXPERIMENT,
-              tags: Mapping[str, str] | None = None, run_name: str | None = None) -> Iterator[Any]:
+              tags: Mapping[str, str] | None = None, run_name: str | None = None,
+              strict: bool = False) -> Iterator[Any]:
     """An MLflow run of a stage (default name `<experiment>/<stage>`) with its params
     (flattened: `dkd.alpha`) and the run tags.
 
     Yields the mlflow ActiveRun, or None in non-main processes of a distributed run
     (where every logging helper here does nothing). A failing stage marks the run failed.
+    Not `strict` (stage runs): a store that cannot be reached to start the run, log its
+    params or end it costs a warning, never the stage (it then yields None if the run could
+    not be started). `strict` (summary runs): store errors are raised.
     """
     if not is_main_process():
         yield None
         return
     mlflow = _mlflow()
-    uri = tracking_uri()
-    experiment_id = _experiment_id(mlflow, mlflow_experiment, uri)
-    run_tag = run_tags(stage) | dict(tags or {})
-    run = retry_locked(mlflow.start_run, experiment_id=experiment_id,
-                       run_name=run_name or f"{run_tag['dvc_experiment']}/{stage}", tags=run_tag)
+    try:
+        experiment_id = _experiment_id(mlflow, mlflow_experiment, tracking_uri())
+        run_tag = run_tags(stage) | dict(tags or {})
+        run = retry_locked(mlflow.start_run, experiment_id=experiment_id,
+                           run_name=run_name or f"{run_tag['dvc_experiment']}/{stage}", tags=run_tag)
+    except Exception as error:
+        if strict:
+            raise
+        _warn(f"cannot start the MLflow run of {stage} ({_first_line(error)}); the stage runs untracked")
+        yield None
+        return
     status = "FAILED"
     try:
-        _log_params(mlflow, params)
+        try:
+            _log_params(mlflow, params)
+        except Exception as error:
+            if strict:
+                raise
+            _warn(f"cannot log the params of {stage} ({_first_line(error)})")
         yield run
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        retry_locked(mlflow.end_run, status)
+        try:
+            end_run(run.info.run_id, status)
+        except Exception as error:
+            if strict:
+                raise
+            _warn(f"cannot end MLflow run {run.info.run_id} of {stage} ({_first_line(error)}); it stays RUNNING")
+
+
+_metrics_writer: ThreadPoolExecutor | None = None
+_warned_runs: set[str] = set()
+
+
+def _write_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None, deadline: float) -> None:
+    """Log metrics to run `run_id` by id, retried while the store is locked until `deadline`."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    timeout = deadline - time.monotonic()
+    if timeout <= 0:
+        raise TimeoutError("gave up: an earlier call still held the writer")
+    stamp = int(time.time() * 1000)
+    rows = [Metric(key, value, stamp, step or 0) for key, value in metrics.items()]
+    retry_locked(MlflowClient(uri).log_batch, run_id, metrics=rows, timeout=timeout)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log metrics to the active run, if any, waiting at most EPOCH_LOG_SECONDS.
+
+    The write runs in one background thread (calls stay in order), so a store that is
+    locked or gone cannot hold a training stage: past the deadline, or on any store error,
+    the stage warns (once per run) and goes on; a write still waiting for a lock finishes or
+    gives up on its own by the same deadline.
+    """
+    global _metrics_writer
+    mlflow = _active_mlflow()
+    if not mlflow:
+        return
+    run_id = mlflow.active_run().info.run_id
+    deadline = time.monotonic() + EPOCH_LOG_SECONDS
+    if _metrics_writer is None:
+        _metrics_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
+    job = _metrics_writer.submit(_write_metrics, tracking_uri(), run_id, {k: float(v) for k, v in metrics.items()},
+                                 step, deadline)
+    try:
+        job.result(timeout=max(0.0, deadline - time.monotonic()))
+    except Exception as error:
+        reason = "the store did not answer in time" if isinstance(error, TimeoutError) else _first_line(error)
+        if run_id not in _warned_runs:
+            _warned_runs.add(run_id)
+            _warn(f"cannot log metrics to MLflow run {run_id} ({reason}); the stage goes on (a training "
+                  "stage's history CSV keeps every epoch; this warning is shown once per run)")
 
 
 def _active_mlflow() -> Any:
     """The mlflow module if a run is active (mlflow unimported means no run was started)."""
     mlflow = sys.modules.get("mlflow")
     return mlflow if mlflow is not None and mlflow.active_run() is not None else None
-
-
-def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log metrics to the active run, if any."""
-    mlflow = _active_mlflow()
-    if mlflow:
-        retry_locked(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
-
-
-def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    """Log a local file to the active run, if any."""
-    mlflow = _active_mlflow()
-    if mlflow:
-        retry_locked(mlflow.log_artifact, str(path), artifact_path)
 
 
 # ----------------------------------------------------------------- summary runs
@@ -228,14 +317,30 @@ def state_key(lock: Mapping[str, Any], exclude: Sequence[str] = ()) -> str:
     return hashlib.sha256(json.dumps(stages, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class DataInput:
+    """The data a training stage read, logged as an MLflow dataset (the runs' Dataset column).
+
+    name: e.g. `demo/teacher_train`; digest: a fingerprint of the stores the stage read (at
+    most 36 characters, MLflow's limit); source: where the data came from (the TAU22 root,
+    or the demo generator's store); stage and split: input tags.
+    """
+
+    name: str
+    digest: str
+    source: str
+    stage: str
+    split: str = "train"
+
+
 @dataclass
 class ExperimentSummary:
     """What a summary run carries.
 
-    artifacts: (local file, artifact directory) pairs. model: the deployed TorchScript
-    model, logged as an MLflow model (pytorch flavour) named `model_name` with
-    `model_metadata` (features, classes, ...) in its MLmodel file when it is registered
-    (the registry takes MLflow models only; importing mlflow.pytorch costs 3 s).
+    artifacts: (local file, artifact directory) pairs. model: the int8 ONNX model, logged
+    as an MLflow logged model (onnx flavour) named `model_name`, its metadata_props (the
+    deployed meta: features, classes, ...) in its MLmodel metadata. datasets: the data
+    each training stage read.
     """
 
     params: Mapping[str, Any]
@@ -243,7 +348,7 @@ class ExperimentSummary:
     artifacts: Sequence[tuple[Path, str]] = ()
     model: Path | None = None
     model_name: str = "student_int8"
-    model_metadata: Mapping[str, Any] = field(default_factory=dict)
+    datasets: Sequence[DataInput] = ()
 
 
 @dataclass(frozen=True)
@@ -252,6 +357,7 @@ class SyncResult:
     created: bool  # False: the store already held this state's summary run
     adopted: int  # stage runs nested under it by this call
     model_version: str | None = None  # registry version, when registered
+    model_id: str | None = None  # the logged model (`models:/<model_id>`), when the summary has a model
 
 
 def summary_runs(client: Any, experiment_id: str, name: str, key: str) -> list:
@@ -293,8 +399,8 @@ def sync_summary(summary: ExperimentSummary, key: str, register_as: str | None =
     """Log the summary run of the current DVC experiment state `key` unless the store has a
     complete one; incomplete ones of this state (an earlier sync failed) are deleted first.
 
-    register_as: also log the model as an MLflow model and register it in the model
-    registry under this name (a new version, tagged with the run's headline metrics).
+    register_as: also register the logged model in the model registry under this name (a
+    new version, tagged with the run's headline metrics, with the alias `model_alias`).
     """
     mlflow = _mlflow()
     from mlflow import MlflowClient
@@ -316,18 +422,23 @@ def sync_summary(summary: ExperimentSummary, key: str, register_as: str | None =
 def _create_summary(mlflow: Any, client: Any, experiment_id: str, mlflow_experiment: str, name: str,
                     summary: ExperimentSummary, key: str, register_as: str | None) -> SyncResult:
     run_name = name if name != WORKSPACE else f"{WORKSPACE}-{key[:7]}"
-    version = None
+    version = model_id = None
     with start_run(SUMMARY_STAGE, summary.params, mlflow_experiment, {"summary": "true", STATE_TAG: key},
-                   run_name) as run:
-        log_metrics(summary.metrics)
+                   run_name, strict=True) as run:
+        retry_locked(mlflow.log_metrics, dict(summary.metrics))
         for path, directory in summary.artifacts:
-            log_artifact(path, directory)
-        if register_as and summary.model is not None:
-            info = retry_locked(_log_torchscript, mlflow, summary.model, summary.model_name, summary.model_metadata)
-            version = str(retry_locked(mlflow.register_model, info.model_uri, register_as,
-                                       tags=registry_tags(summary.metrics)).version)
+            retry_locked(mlflow.log_artifact, str(path), directory)
+        if summary.datasets:
+            retry_locked(_log_datasets, mlflow, summary.datasets)
+        if summary.model is not None:
+            info = retry_locked(_log_onnx, mlflow, summary.model, summary.model_name)
+            model_id = info.model_id
+            if register_as:
+                version = str(retry_locked(mlflow.register_model, info.model_uri, register_as,
+                                           tags=registry_tags(summary.metrics)).version)
+                retry_locked(client.set_registered_model_alias, register_as, model_alias(name), version)
     adopted = adopt_stage_runs(client, experiment_id, name, run.info.run_id)
-    return SyncResult(run.info.run_id, True, adopted, version)
+    return SyncResult(run.info.run_id, True, adopted, version, model_id)
 
 
 def registry_tags(metrics: Mapping[str, float]) -> dict[str, str]:
@@ -335,13 +446,57 @@ def registry_tags(metrics: Mapping[str, float]) -> dict[str, str]:
     return {k: str(v) for k, v in metrics.items() if k.endswith(("accuracy", "param_memory_bytes"))}
 
 
-def _log_torchscript(mlflow: Any, path: Path, name: str, metadata: Mapping[str, Any]) -> Any:
-    """Log a TorchScript file as an MLflow pytorch model (loadable with mlflow.pytorch.load_model)."""
-    import mlflow.pytorch
-    import torch
+def model_alias(experiment: str) -> str:
+    """The registry alias of a DVC experiment's model (`models:/<name>@<alias>`): the experiment's
+    name ('workspace' for the workspace), each character MLflow refuses in an alias replaced by
+    '-', prefixed with 'dvc-' where MLflow reserves the name ('latest', 'v<number>')."""
+    alias = re.sub(r"[^\w-]", "-", experiment)
+    return f"dvc-{alias}" if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias) else alias
 
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its note on pickle, which TorchScript needs
-    module = torch.jit.load(str(path), map_location="cpu")
-    return mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                    metadata=dict(metadata))
+
+def _log_datasets(mlflow: Any, datasets: Sequence[DataInput]) -> None:
+    """Log each DataInput as an input dataset of the active run (context 'training')."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # a local path resolves to two equivalent artifact sources
+        warnings.simplefilter("ignore", UserWarning)
+        sources = [resolve_dataset_source(data.source) for data in datasets]
+    mlflow.log_inputs([MetaDataset(source, name=data.name, digest=data.digest) for data, source in zip(datasets, sources)],
+                      contexts=["training"] * len(datasets),
+                      tags_list=[{"stage": data.stage, "split": data.split} for data in datasets])
+
+
+def _log_onnx(mlflow: Any, path: Path, name: str) -> Any:
+    """Log an ONNX file as an MLflow logged model of the active run (onnx flavour, one file,
+    no pickle; loadable with mlflow.onnx.load_model, served on CPU by pyfunc), with the
+    signature of its graph (a named dimension as -1), an all-zero input example (a named
+    dimension as 1) and its metadata_props (JSON values decoded) as MLmodel metadata."""
+    import mlflow.onnx
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def spec(value: Any) -> TensorSpec:
+        tensor = value.type.tensor_type
+        return TensorSpec(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type),
+                          tuple(dim.dim_value or -1 for dim in tensor.shape.dim), value.name)
+
+    signature = ModelSignature(Schema([spec(v) for v in proto.graph.input]), Schema([spec(v) for v in proto.graph.output]))
+    first = signature.inputs.inputs[0]
+    example = np.zeros([max(dim, 1) for dim in first.shape], dtype=first.type)
+    metadata = {prop.key: _json_or_text(prop.value) for prop in proto.metadata_props}
+    return mlflow.onnx.log_model(proto, name=name, signature=signature, input_example=example, metadata=metadata,
+                                 save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+                                 pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"])
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

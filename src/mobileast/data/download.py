@@ -1,10 +1,14 @@
 """Download the TAU Urban Acoustic Scenes 2022 Mobile development set, md5-verified.
 
 `python -m mobileast.data.download DEST` fetches the archives of Zenodo record 6337421
-(16 audio zips, meta, doc), checks each against its published md5 sum, unpacks them into
-DEST and prints the dataset root to set as `data.root`. Archives already present with the
-right checksum are not fetched again, so an interrupted download resumes archive by
-archive. Never part of `dvc repro`: the default pipeline downloads nothing.
+(16 audio zips, meta, doc) one at a time: each is downloaded into `DEST/.download/`
+(a broken transfer resumed with an HTTP range request, a stalled connection given up
+after `--timeout` seconds), checked against its published md5 sum, unpacked into a
+scratch folder and renamed into place, then marked done and deleted, so the disk holds
+one archive beyond the dataset and an interrupted download resumes without fetching
+finished archives again. It prints the dataset root to set as `data.root`. Network,
+disk, checksum and archive errors are one line each (exit status 1). Never part of
+`dvc repro`: the default pipeline downloads nothing.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import argparse
 import hashlib
 import shutil
 import sys
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -41,10 +46,20 @@ ARCHIVES = {  # archive name -> md5, as listed on the Zenodo record
     f"{PREFIX}.meta.zip": "419b6ff6570f1030730352dc80cd8d15",
 }
 CHUNK = 1 << 20
+TIMEOUT_S = 60.0  # a connection that sends nothing for this long is given up (run again to resume)
+SCRATCH = ".download"  # inside DEST: partial and verified archives, unpack folders, done markers
 
 
-class ChecksumError(RuntimeError):
+class DownloadError(RuntimeError):
+    """A download that cannot go on; its message is one line naming the archive and the problem."""
+
+
+class ChecksumError(DownloadError):
     """A downloaded archive does not match its published md5 sum."""
+
+
+class ArchiveError(DownloadError):
+    """An archive with a member that would land outside the destination."""
 
 
 def md5sum(path: Path) -> str:
@@ -55,38 +70,107 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, path: Path, md5: str) -> None:
-    """Download url to path unless a file with the right md5 is there; verify the download.
+def fetch(url: str, part: Path, md5: str, timeout: float = TIMEOUT_S) -> None:
+    """Download url into `part`, resuming what a broken transfer left there (an HTTP range
+    request; a server that ignores it sends the whole file again), and verify its md5.
 
-    The download goes to `<path>.part` first, so a broken transfer never looks complete;
-    a wrong checksum deletes it and raises ChecksumError.
+    A wrong checksum deletes `part` and raises ChecksumError. `timeout`: seconds without
+    data before the transfer is given up (TimeoutError), `part` kept for the next try.
     """
-    if path.exists() and md5sum(path) == md5:
-        return
-    part = path.with_name(path.name + ".part")
-    with urllib.request.urlopen(url) as response, open(part, "wb") as out:
-        shutil.copyfileobj(response, out, CHUNK)
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code != 416:  # 416: nothing after `offset`, the transfer was complete
+            raise
+    else:
+        with response:
+            resumed = response.status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            with open(part, "ab" if resumed else "wb") as out:
+                while chunk := response.read1(CHUNK):  # what has arrived: a stalled transfer keeps it
+                    out.write(chunk)
     if (actual := md5sum(part)) != md5:
         part.unlink()
-        raise ChecksumError(f"{path.name}: md5 {actual}, expected {md5}; download it again")
-    part.replace(path)
+        raise ChecksumError(f"md5 {actual}, expected {md5}; the download is deleted, run again to fetch it anew")
 
 
-def download(dest: Path, url: str = URL, keep_archives: bool = False) -> Path:
-    """Fetch, verify and unpack every archive into dest; return the dataset root (holding meta.csv)."""
-    dest.mkdir(parents=True, exist_ok=True)
+def unpack(archive: Path, scratch: Path, dest: Path) -> None:
+    """Unpack `archive` into the empty folder `scratch`, then move its files into `dest` (each
+    file renamed into place, replacing one an interrupted earlier unpack left).
+
+    A member whose path would leave `scratch` (`../evil`, an absolute path) refuses the whole
+    archive with ArchiveError before anything is written.
+    """
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    with zipfile.ZipFile(archive) as zipped:
+        for member in zipped.namelist():
+            if not (scratch / member).resolve().is_relative_to(scratch.resolve()):
+                raise ArchiveError(f"member {member!r} would be written outside {dest}; the archive is refused")
+        zipped.extractall(scratch)
+    for path in sorted(scratch.rglob("*")):
+        if path.is_file():
+            target = dest / path.relative_to(scratch)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
+    shutil.rmtree(scratch)
+
+
+def install(name: str, md5: str, url: str, dest: Path, keep_archives: bool, timeout: float) -> None:
+    """One archive: fetched (resumed) and verified into `DEST/.download/<name>.part`, renamed
+    `<name>` once verified, unpacked through a scratch folder, then marked done."""
+    work = dest / SCRATCH
+    work.mkdir(parents=True, exist_ok=True)
+    archive = work / name
+    if not archive.exists():
+        part = work / f"{name}.part"
+        print(f"{name}: fetching" + (f" (resuming after {part.stat().st_size} bytes)" if part.exists() else ""),
+              flush=True)
+        fetch(url.format(name=name), part, md5, timeout)
+        part.replace(archive)
+    print(f"{name}: verified, unpacking", flush=True)
+    unpack(archive, work / f"{name}.unpack", dest)
+    (work / f"{name}.done").touch()
+    if keep_archives:
+        archive.replace(dest / name)
+    else:
+        archive.unlink()
+
+
+def describe(error: BaseException, url: str, timeout: float) -> str:
+    """One line for an error of fetching `url`, writing to disk or unpacking."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason} from {url}"
+    if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+        return f"no data from {url} for {timeout:g} s; run again to resume"
+    if isinstance(error, urllib.error.URLError):
+        return f"cannot reach {url} ({error.reason})"
+    if isinstance(error, zipfile.BadZipFile):
+        return f"not a readable zip archive ({error})"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}" + (f": {error.filename}" if error.filename else "")
+    return str(error) or type(error).__name__
+
+
+def download(dest: Path, url: str = URL, keep_archives: bool = False, timeout: float = TIMEOUT_S) -> Path:
+    """Fetch, verify and unpack every archive into dest, one at a time; return the dataset root
+    (holding meta.csv). Archives marked done are skipped, so an interrupted download resumes
+    where it stopped. Any failure is a DownloadError naming the archive."""
     for name, md5 in ARCHIVES.items():
-        print(f"{name}: fetching and verifying", flush=True)
-        fetch(url.format(name=name), dest / name, md5)
-    for name in ARCHIVES:
-        with zipfile.ZipFile(dest / name) as archive:
-            archive.extractall(dest)
-        if not keep_archives:
-            (dest / name).unlink()
-    for root in (dest, *sorted(path for path in dest.iterdir() if path.is_dir())):
+        if (dest / SCRATCH / f"{name}.done").exists():
+            print(f"{name}: already unpacked", flush=True)
+            continue
+        try:
+            install(name, md5, url, dest, keep_archives, timeout)
+        except DownloadError as error:
+            raise type(error)(f"{name}: {error}") from error
+        except (OSError, zipfile.BadZipFile) as error:
+            raise DownloadError(f"{name}: {describe(error, url.format(name=name), timeout)}") from error
+    for root in (dest, *sorted(path for path in dest.iterdir() if path.is_dir() and path.name != SCRATCH)):
         if (root / META_FILE).is_file():
             return root
-    raise FileNotFoundError(f"{dest}: no {META_FILE} in the unpacked archives")
+    raise DownloadError(f"{dest}: no {META_FILE} in the unpacked archives")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m mobileast download /datasets/tau22")
     parser.add_argument("dest", type=Path, help="directory to download and unpack into")
     parser.add_argument("--keep-archives", action="store_true", help="keep the zip files after unpacking")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S,
+                        help=f"seconds without data before a connection is given up (default {TIMEOUT_S:g})")
     args = parser.parse_args(argv)
     try:
-        root = download(args.dest, keep_archives=args.keep_archives)
-    except ChecksumError as error:
+        root = download(args.dest, URL, keep_archives=args.keep_archives, timeout=args.timeout)
+    except DownloadError as error:
         print(f"download: {error}", file=sys.stderr)
         return 1
     print(f"done. In params.yaml set data.source: tau22 and data.root: {root.resolve()}")
