@@ -174,11 +174,11 @@ def store(tmp_path, monkeypatch):
 def tiny_summary(tmp_path, alpha):
     import torch
 
-    from mobileast.deploy import save_deployed
+    from mobileast.deploy import ModelMeta, save_deployed
 
     model = tmp_path / f"int8-{alpha}.pt"
     meta = {"features": {"sample_rate": 8000, "n_mels": 8, "hop_length": 100}, "classes": ["x", "y"]}
-    save_deployed(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 80, 2)), model, meta)
+    save_deployed(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 80, 2)), model, ModelMeta.from_dict(meta))
     return tracking.ExperimentSummary({"dkd": {"alpha": alpha}}, {"student_int8.accuracy": 0.5},
                                       [(model, "model")], model=model, model_metadata=meta)
 

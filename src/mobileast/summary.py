@@ -54,7 +54,7 @@ def _deployed_meta(path: Path) -> dict[str, Any]:
     (seconds on every `dvc repro`)."""
     from mobileast.deploy import load_deployed
 
-    return load_deployed(path)[1]
+    return load_deployed(path)[1].to_dict()
 
 
 def experiment_summary(params: Mapping[str, Any], files: PipelineFiles = PipelineFiles()) -> tracking.ExperimentSummary:

@@ -9,7 +9,6 @@ archive. Never part of `dvc repro`: the default pipeline downloads nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import urllib.request
@@ -17,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from mobileast.data.tau22 import META_FILE
+from mobileast.files import file_md5 as md5sum
 
 URL = "https://zenodo.org/record/6337421/files/{name}?download=1"
 PREFIX = "TAU-urban-acoustic-scenes-2022-mobile-development"
@@ -45,14 +45,6 @@ CHUNK = 1 << 20
 
 class ChecksumError(RuntimeError):
     """A downloaded archive does not match its published md5 sum."""
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(url: str, path: Path, md5: str) -> None:
