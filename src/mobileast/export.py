@@ -103,7 +103,7 @@ def attention_ops(proto: Any, model: torch.nn.Module) -> None:
     """Rewrite each AttentionCore of `model` in the exported graph `proto` as Reshape ->
     Split -> Attention -> Reshape on (B*P, N, 3d) rows: the op takes the heads side by side
     (q_num_heads), so the head split and merge need no Transpose (the exporter's form had
-    four per layer, 18 % of onnxruntime's float time).
+    four per layer, a large share of onnxruntime's float time).
 
     The exporter names each node's module scope in its metadata; the core's nodes are
     those inside `<name>.core`, with one input (qkv) and one output used outside.
