@@ -149,6 +149,11 @@ def test_meta_required(tmp_path):
         deploy.ModelMeta.from_dict({"features": FEATURES}, "m.pt")
 
 
+def ckpt_entries() -> dict:
+    return {"arch": "tiny", "config": asdict(TinyConfig()), "state_dict": trained_tiny().state_dict(),
+            "features": FEATURES, "classes": META.classes}
+
+
 def test_checkpoint_loads_through_registry(tmp_path, monkeypatch):
     fake = types.ModuleType("mobileast.models")
     fake.build_model = lambda arch, config: {"tiny": Tiny}[arch](TinyConfig(**config))
@@ -176,6 +181,9 @@ def test_clear_errors(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.pt: not a loadable"):
         deploy.load_model_any(tmp_path / "truncated.pt")
+    torch.save({**ckpt_entries(), "model": Tiny()}, tmp_path / "pickled.pt")  # code, not only weights
+    with pytest.raises(ValueError, match="pickled.pt: not a loadable model or checkpoint"):
+        deploy.load_model_any(tmp_path / "pickled.pt")
     torch.save({"state_dict": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"partial.pt: not a training checkpoint \(lacks \['arch'"):
         deploy.load_model_any(tmp_path / "partial.pt")

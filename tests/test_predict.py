@@ -171,3 +171,24 @@ def test_onnxruntime_errors_name_the_model(tmp_path, capsys):
     assert predict.main(["--model", str(tmp_path / "other_input.onnx"), str(tmp_path / "a.wav")]) == 1
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'other_input.onnx'}: onnxruntime failed on input (1, 1, 30, 64) (" in err
+
+
+def test_an_onnx_model_with_external_data_is_refused(tmp_path, capsys):
+    """ONNX models are loaded from their one file: one that refers to external data files
+    (which onnxruntime would read from beside it) is refused, naming the file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 30, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["logmel", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("logmel", TensorProto.FLOAT, [None, 1, 30, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = deploy.META_FILE, json.dumps({"features": FEATURES, "classes": CLASSES})
+    onnx.save(proto, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    assert (tmp_path / "ext.data").is_file()
+    with pytest.raises(ValueError, match="ext.onnx: the model refers to external data files"):
+        deploy.load_model_any(tmp_path / "ext.onnx")
+    assert predict.main(["--model", str(tmp_path / "ext.onnx"), str(tmp_path / "a.wav")]) == 2
+    assert "external data" in capsys.readouterr().err
