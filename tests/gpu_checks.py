@@ -11,7 +11,7 @@ from torch import nn
 from mobileast.augment import Augmenter
 from mobileast.params import load_params
 from mobileast.data.crops import Batch
-from mobileast.deploy import frontend_for
+from mobileast.deploy import ModelMeta, frontend_for
 from mobileast.distill import DistillLoss
 from mobileast.features import LogMel
 from mobileast.models import build_student
@@ -36,7 +36,7 @@ def student_and_frontend(device: torch.device) -> tuple[nn.Module, nn.Module]:
 def passt_and_frontend(device: torch.device) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     model = PaSST(PaSSTConfig(**SMALL_PASST)).to(device)
-    return model, frontend_for({"input": "waveform"}).to(device)  # PaSST takes the waveform
+    return model, frontend_for(ModelMeta(features={}, classes=[], input="waveform")).to(device)  # PaSST takes the waveform
 
 
 MODELS = {"student": student_and_frontend, "passt": passt_and_frontend}

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mobileast.complexity import (INPUT_SHAPE, complexity_report, macs_full_by_module, main,
                                   param_memory_bytes, param_memory_bytes_int8_estimate, write_report)
+from mobileast.deploy import ModelMeta, load_deployed, save_deployed
 from mobileast.labels import SCENES
 from mobileast.models import build_preset, model_spec
 from mobileast.models.mobileast import PRESETS, MatMul, fold_bn
@@ -87,8 +88,9 @@ def test_param_memory_of_fx_quantized_model(tmp_path, capsys):
     quantized = convert_fx(prepared)
     expected = param_memory_bytes_int8_estimate(fold_bn(model))
     assert param_memory_bytes(quantized) == expected
-    torch.jit.save(torch.jit.script(quantized), tmp_path / "int8.pt")
-    assert param_memory_bytes(torch.jit.load(tmp_path / "int8.pt")) == expected
+    save_deployed(quantized, tmp_path / "int8.pt", ModelMeta(features={}, classes=list(SCENES), quantized=True,
+                                                             quant_engine="x86"))  # LogMel's defaults: 256 x 64
+    assert param_memory_bytes(load_deployed(tmp_path / "int8.pt")[0]) == expected
     assert main(["--preset", "sub2", "--quantized", str(tmp_path / "int8.pt"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["param_memory_bytes"] == expected < report["param_memory_bytes_float32"] / 3

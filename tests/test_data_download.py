@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mobileast.data import download
+from mobileast.files import file_md5
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:
@@ -98,7 +99,7 @@ def test_download_verifies_unpacks_and_finds_the_root(zenodo, tmp_path):
 
 def test_keep_archives_keeps_the_verified_zips(zenodo, tmp_path):
     download.download(tmp_path / "data", zenodo.url, keep_archives=True)
-    assert {p.name: download.md5sum(p) for p in (tmp_path / "data").glob("*.zip")} == download.ARCHIVES
+    assert {p.name: file_md5(p) for p in (tmp_path / "data").glob("*.zip")} == download.ARCHIVES
 
 
 def test_an_interrupted_download_resumes_the_partial_archive_and_skips_finished_ones(zenodo, tmp_path, capsys):

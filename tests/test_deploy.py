@@ -1,4 +1,5 @@
 """Deployed-model save/load: identical outputs, meta round trip, clear errors."""
+import json
 import sys
 import types
 import warnings
@@ -11,7 +12,7 @@ from torch import nn
 from mobileast import deploy
 
 FEATURES = {"sample_rate": 8000, "n_fft": 256, "win_length": 256, "hop_length": 250, "n_mels": 16}
-META = {"features": FEATURES, "classes": ["x", "y", "z"], "arch": "tiny", "quantized": False}
+META = deploy.ModelMeta(features=FEATURES, classes=["x", "y", "z"], arch="tiny")
 
 
 @dataclass
@@ -45,13 +46,28 @@ def trained_tiny() -> Tiny:
 
 def test_input_shape_and_frontend():
     assert deploy.input_shape(META) == (1, 16, 32)
-    assert deploy.input_shape({"features": {}}) == (1, 256, 64)  # LogMel defaults: 32 kHz, hop 500
-    assert deploy.input_shape({"features": FEATURES, "input": "waveform"}) == (8000,)
+    assert deploy.input_shape(deploy.ModelMeta({}, [])) == (1, 256, 64)  # LogMel defaults: 32 kHz, hop 500
+    assert deploy.input_shape(META.replace(input="waveform")) == (8000,)
     wave = torch.randn(2, 8000)
     assert deploy.frontend_for(META)(wave).shape == (2, 1, 16, 32)
-    assert deploy.frontend_for({"features": FEATURES, "input": "waveform"})(wave) is wave
+    assert deploy.frontend_for(META.replace(input="waveform"))(wave) is wave
     with pytest.raises(ValueError, match="must be"):
-        deploy.frontend_for({"features": FEATURES, "input": "mfcc"})
+        META.replace(input="mfcc")
+
+
+def test_meta_json_keeps_field_order_and_leaves_out_unset_fields():
+    meta = META.replace(quantized=True, quant_engine="x86", calibration={"batches": 2, "seed": 0})
+    text = meta.to_json()
+    assert json.loads(text) == {"features": FEATURES, "classes": ["x", "y", "z"], "arch": "tiny", "quantized": True,
+                                "input": "logmel", "quant_engine": "x86", "calibration": {"batches": 2, "seed": 0}}
+    assert list(json.loads(text)) == ["features", "classes", "arch", "quantized", "input", "quant_engine",
+                                      "calibration"]  # the stored bytes follow the field order
+    assert deploy.ModelMeta.from_json(text, "m.pt") == meta
+    assert meta.sample_rate == 8000 and not meta.is_onnx and not meta.takes_waveform
+    with pytest.raises(ValueError, match=r"m.pt: meta.json: unknown keys \['colour'\]"):
+        deploy.ModelMeta.from_json(json.dumps({**meta.to_dict(), "colour": "red"}), "m.pt")
+    with pytest.raises(ValueError, match="m.pt: invalid meta.json"):
+        deploy.ModelMeta.from_json("{", "m.pt")
 
 
 def test_waveform_model_round_trip(tmp_path):
@@ -59,7 +75,7 @@ def test_waveform_model_round_trip(tmp_path):
     from mobileast.features import LogMel
 
     model = nn.Sequential(LogMel(**FEATURES), trained_tiny())
-    meta = {**META, "input": "waveform"}
+    meta = META.replace(input="waveform")
     deploy.save_deployed(model, tmp_path / "wave.pt", meta)
     loaded, loaded_meta = deploy.load_deployed(tmp_path / "wave.pt")
     assert loaded_meta == meta
@@ -93,9 +109,9 @@ def test_quantized_fx_model_round_trip(tmp_path):
         prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (x,))
         prepared(x)
         quantized = convert_fx(prepared)
-    deploy.save_deployed(quantized, tmp_path / "int8.pt", {**META, "quantized": True})
+    deploy.save_deployed(quantized, tmp_path / "int8.pt", META.replace(quantized=True))
     loaded, meta = deploy.load_deployed(tmp_path / "int8.pt")
-    assert meta["quantized"] is True
+    assert meta.quantized is True
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), quantized(x), rtol=0, atol=0)
 
@@ -129,8 +145,13 @@ def test_trace_that_bakes_in_batch_size_is_rejected(tmp_path):
 
 
 def test_meta_required(tmp_path):
-    with pytest.raises(ValueError, match="classes"):
-        deploy.save_deployed(trained_tiny(), tmp_path / "m.pt", {"features": FEATURES})
+    with pytest.raises(ValueError, match=r"m.pt: lacks \['classes'\]"):
+        deploy.ModelMeta.from_dict({"features": FEATURES}, "m.pt")
+
+
+def ckpt_entries() -> dict:
+    return {"arch": "tiny", "config": asdict(TinyConfig()), "state_dict": trained_tiny().state_dict(),
+            "features": FEATURES, "classes": META.classes}
 
 
 def test_checkpoint_loads_through_registry(tmp_path, monkeypatch):
@@ -139,10 +160,10 @@ def test_checkpoint_loads_through_registry(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mobileast.models", fake)
     model = trained_tiny()
     ckpt = {"arch": "tiny", "config": asdict(TinyConfig()), "state_dict": model.state_dict(),
-            "features": FEATURES, "classes": META["classes"], "epoch": 3, "optimizer": {}}
+            "features": FEATURES, "classes": META.classes, "epoch": 3, "optimizer": {}}
     torch.save(ckpt, tmp_path / "ckpt.pt")
     loaded, meta = deploy.load_model_any(tmp_path / "ckpt.pt")
-    assert meta == {**META, "input": "logmel", "config": asdict(TinyConfig())}
+    assert meta == META.replace(config=asdict(TinyConfig()))
     assert not loaded.training
     x = torch.randn(2, 1, 16, 32)
     with torch.no_grad():
@@ -160,6 +181,9 @@ def test_clear_errors(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.pt: not a loadable"):
         deploy.load_model_any(tmp_path / "truncated.pt")
+    torch.save({**ckpt_entries(), "model": Tiny()}, tmp_path / "pickled.pt")  # code, not only weights
+    with pytest.raises(ValueError, match="pickled.pt: not a loadable model or checkpoint"):
+        deploy.load_model_any(tmp_path / "pickled.pt")
     torch.save({"state_dict": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"partial.pt: not a training checkpoint \(lacks \['arch'"):
         deploy.load_model_any(tmp_path / "partial.pt")

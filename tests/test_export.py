@@ -12,7 +12,8 @@ import soundfile as sf
 import torch
 import yaml
 
-from mobileast import deploy, quantize, submit
+from mobileast import deploy, evaluate, predict, quantize, submit
+from mobileast.data.crops import ClipSource
 from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
 from mobileast.errors import InputError
 from mobileast.labels import SCENES
@@ -21,7 +22,7 @@ from mobileast.models import model_spec
 from mobileast.models.mobileast import fold_bn
 from mobileast.predict import predict_file
 from test_crops import make_clip_store, make_recordings_store
-from test_quantize import FEATURES, as_if_trained, one_thread, varied_inputs  # noqa: F401 (autouse fixture)
+from test_quantize import FEATURES, agreement, as_if_trained, one_thread, varied_inputs  # noqa: F401 (autouse fixture)
 
 
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:
@@ -69,7 +70,7 @@ def test_float_onnx_computes_the_float_model(project):
     x = varied_inputs(5, torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(onnx_model(x), model(x), rtol=1e-4, atol=1e-4)
-    assert meta["quantized"] is False and meta["format"] == "onnx" and meta["classes"] == list(SCENES)
+    assert meta.quantized is False and meta.format == "onnx" and meta.classes == list(SCENES)
 
 
 def test_int8_onnx_follows_the_torch_int8_model(project):
@@ -77,11 +78,11 @@ def test_int8_onnx_follows_the_torch_int8_model(project):
     onnx_int8, meta = deploy.load_model_any(project / "student_int8.onnx")
     torch_int8, torch_meta = deploy.load_deployed(project / "student_int8.pt")
     inputs = [varied_inputs(64, torch.Generator().manual_seed(s)) for s in (7, 8)]
-    with_torch = quantize.agreement(torch_int8, onnx_int8, inputs)
+    with_torch = agreement(torch_int8, onnx_int8, inputs)
     # measured: top-1 1.0, logit correlation 0.9995 (the int8 kernels round differently)
     assert with_torch["top1_agreement"] >= 0.95 and with_torch["logit_correlation"] > 0.995, with_torch
-    assert meta["quantized"] and meta["onnx_quantization"]["format"] == "QDQ"
-    assert meta["calibration"] == torch_meta["calibration"]  # the same calibration crops
+    assert meta.quantized and meta.onnx_quantization["format"] == "QDQ"
+    assert meta.calibration == torch_meta.calibration  # the same calibration crops
     import onnx
     from onnx import numpy_helper
     graph = onnx.load(str(project / "student_int8.onnx")).graph
@@ -143,13 +144,13 @@ def test_int8_export_keeps_the_float_modules_float(project, tmp_path):
                                         tmp_path / "int8.pt", quant, hop_s=0.5, seed=0)
     assert summary["float_modules"] == ["blocks.vit.local"]
     meta = export_int8(tmp_path / "int8.pt", tmp_path / "int8.onnx", data / "recordings", data / "resampled")
-    assert meta["onnx_quantization"]["float_nodes"] == 4  # the local block's two convs and their ReLUs
+    assert meta.onnx_quantization["float_nodes"] == 4  # the local block's two convs and their ReLUs
     torch_int8, _ = deploy.load_deployed(tmp_path / "int8.pt")
     assert onnx_param_memory_bytes(tmp_path / "int8.onnx") == param_memory_bytes(torch_int8) \
         > param_memory_bytes(deploy.load_deployed(project / "student_int8.pt")[0])
     onnx_int8, _ = deploy.load_model_any(tmp_path / "int8.onnx")
     inputs = [varied_inputs(64, torch.Generator().manual_seed(s)) for s in (7, 8)]
-    assert quantize.agreement(torch_int8, onnx_int8, inputs)["top1_agreement"] >= 0.95
+    assert agreement(torch_int8, onnx_int8, inputs)["top1_agreement"] >= 0.95
     with pytest.raises(InputError, match="dynamic quantization of the classifier only"):
         quantize.quantize_student(project / "student.pt", data / "recordings", data / "resampled",
                                   tmp_path / "dyn.pt", {**quant, "dynamic_modules": ["blocks.vit.transformer.*.ffn.fc1"]},
@@ -176,7 +177,7 @@ def test_quantized_engine_by_platform_and_a_clear_error_without_it(project):
     assert quantize.quant_engine("arm64") == "qnnpack"
     with pytest.raises(RuntimeError, match="no quantized engine known for the riscv64"):
         quantize.quant_engine("riscv64")
-    assert deploy.read_meta(project / "student_int8.pt")["quant_engine"] == quantize.quant_engine()
+    assert deploy.read_meta(project / "student_int8.pt").quant_engine == quantize.quant_engine()
     with pytest.raises(InputError, match="quantized for PyTorch's 'x87' engine, which this host's PyTorch lacks"):
         deploy.use_quant_engine("x87", project / "student_int8.pt")
 
@@ -238,7 +239,7 @@ def test_submission_package(project, tmp_path, capsys):
     assert description["data_augmentation"] == "mixup"
     assert description["quantization"] == "int8 post-training static quantization (onnxruntime, calibrated on 2 x 4 training crops)"
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    fallback = submit.metadata("x", {k: v for k, v in deploy.read_meta(project / "student_int8.pt").items() if k != "params"},
+    fallback = submit.metadata("x", deploy.read_meta(project / "student_int8.pt").replace(params=None),
                                complexity, params, None)
     assert fallback["pipeline_params"] == params and fallback["pipeline_params_source"].startswith("params.yaml")
 
@@ -247,3 +248,23 @@ def test_submission_reports_the_dev_metrics_of_the_models_kind(project):
     assert [submit.metrics_entry(deploy.load_model_any(project / name)[1])
             for name in ("student.pt", "student_int8.pt", "student_int8.onnx")] \
         == ["student_float", "student_int8", "student_int8_onnx"]
+
+
+def test_predict_gives_evaluates_logits_on_the_evaluate_files(project, tmp_path):
+    """One inference path: `predict` on the evaluate fold's clips written as WAV files (the
+    store's int16 samples, 1 s each) gives the per-clip logits of `evaluate` for every
+    model kind: float checkpoint, int8 TorchScript, int8 ONNX. Evaluated one clip per batch,
+    as `predict` sees a 1 s file: the int8 classifier quantizes its input per batch
+    (dynamic quantization), so its logits depend on the other clips of the batch."""
+    clips = ClipSource(project / "data/resampled", "evaluate")
+    files = []
+    for i, offset in enumerate(clips.offsets):
+        files.append(tmp_path / f"clip{i}.wav")
+        sf.write(files[-1], np.asarray(clips.audio[offset:offset + clips.clip_samples]), 32000, subtype="PCM_16")
+    for name in ("student.pt", "student_int8.pt", "student_int8.onnx"):
+        model, meta = deploy.load_model_any(project / name)
+        expected = evaluate.fold_logits(model, meta, clips, batch_size=1, precision="fp32")
+        frontend = deploy.frontend_for(meta)
+        got = torch.cat([predict.file_logits(f, model, frontend, meta).logits for f in files])
+        assert got.shape == (12, 10)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5, msg=name)

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from mobileast.features import LogMel
 from mobileast.models.passt import (CHECKPOINT_URLS, Attention, PaSST, PaSSTConfig, PaSSTMel,
-                                    mask_bands, passt_from_checkpoint)
+                                    mask_random_bands, passt_from_checkpoint)
 
 SMALL = dict(embed_dim=64, depth=2, n_heads=4)  # reduced width/depth, official patch grid
 OFFICIAL_NAME = "passt-s-f128-p16-s10-ap.476-swa.pt"
@@ -123,11 +123,11 @@ def test_mel_eval_equals_logmel_and_training_augments():
     assert not torch.allclose(mel.train()(wave), reference(wave))
 
 
-def test_mask_bands_masks_one_short_band_per_example():
+def test_mask_random_bands_masks_one_short_band_per_example():
     torch.manual_seed(0)
     x = torch.rand(64, 128, 100) + 1.0  # no zeros before masking
     for dim, max_width in ((-2, 48), (-1, 20)):
-        masked = mask_bands(x, max_width, dim)
+        masked = mask_random_bands(x, max_width, dim)
         other = -1 if dim == -2 else -2
         zero = (masked == 0).all(dim=other)  # (B, size): masked rows of `dim`
         assert ((masked == 0).any(dim=other) == zero).all()  # whole rows, nothing else

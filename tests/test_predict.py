@@ -11,6 +11,8 @@ from torch import nn
 
 from mobileast import deploy, predict
 from mobileast.cli import main as cli_main
+from mobileast.inference import clip_batches
+from mobileast.inference import predict as infer
 
 RATE = 16000
 FEATURES = {"sample_rate": RATE, "n_fft": 512, "win_length": 400, "hop_length": 250, "n_mels": 30}
@@ -36,7 +38,7 @@ def tone(seconds, rate, freq=440.0, channels=1):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "band.pt"
-    meta = {"features": FEATURES, "classes": CLASSES, "arch": "band", "quantized": False}
+    meta = deploy.ModelMeta(features=FEATURES, classes=CLASSES, arch="band")
     deploy.save_deployed(BandEnergy(), path, meta)
     return path
 
@@ -58,12 +60,17 @@ def test_split_clips():
             np.testing.assert_array_equal(c, want)
 
 
-def test_logits_for_clips_int16_and_batches(loaded):
+def test_clip_logits_int16_and_batches(loaded):
     model, frontend, _ = loaded
     clips = (np.random.default_rng(0).normal(size=(5, RATE)) * 3000).astype(np.int16)
-    expected = model(frontend(torch.from_numpy(clips.astype(np.float32) / 32768))).detach().numpy()
-    np.testing.assert_allclose(predict.logits_for_clips(model, frontend, clips, batch_size=2),
-                               expected, rtol=1e-5, atol=1e-6)
+    batches = list(clip_batches(clips, batch_size=2))
+    assert [len(b) for b in batches] == [2, 2, 1] and torch.cat([b.row for b in batches]).tolist() == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(torch.cat([b.wave for b in batches]), torch.from_numpy(clips.astype(np.float32) / 32768),
+                               rtol=0, atol=0)
+    expected = model(frontend(torch.from_numpy(clips.astype(np.float32) / 32768))).detach()
+    torch.testing.assert_close(infer(model, frontend, batches, torch.device("cpu")), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no clips"):
+        next(clip_batches(clips[:0], batch_size=2))
 
 
 def test_file_result_is_mean_of_clip_probabilities(tmp_path, loaded):
@@ -164,3 +171,24 @@ def test_onnxruntime_errors_name_the_model(tmp_path, capsys):
     assert predict.main(["--model", str(tmp_path / "other_input.onnx"), str(tmp_path / "a.wav")]) == 1
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'other_input.onnx'}: onnxruntime failed on input (1, 1, 30, 64) (" in err
+
+
+def test_an_onnx_model_with_external_data_is_refused(tmp_path, capsys):
+    """ONNX models are loaded from their one file: one that refers to external data files
+    (which onnxruntime would read from beside it) is refused, naming the file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 30, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["logmel", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("logmel", TensorProto.FLOAT, [None, 1, 30, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = deploy.META_FILE, json.dumps({"features": FEATURES, "classes": CLASSES})
+    onnx.save(proto, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    assert (tmp_path / "ext.data").is_file()
+    with pytest.raises(ValueError, match="ext.onnx: the model refers to external data files"):
+        deploy.load_model_any(tmp_path / "ext.onnx")
+    assert predict.main(["--model", str(tmp_path / "ext.onnx"), str(tmp_path / "a.wav")]) == 2
+    assert "external data" in capsys.readouterr().err

@@ -14,15 +14,22 @@ from torch import nn
 from mobileast import quantize
 from mobileast.complexity import param_memory_bytes, param_memory_bytes_int8_estimate
 from mobileast.labels import SCENES
-from mobileast.data.crops import RecordingCrops
-from mobileast.deploy import load_deployed
+from mobileast.data.crops import Batch, RecordingCrops
+from mobileast.deploy import ModelMeta, load_deployed
+from mobileast.inference import logit_agreement, predict
 from mobileast.features import LogMel
 from mobileast.models import build_preset, model_spec
 from mobileast.models.mobileast import PRESETS, deploy_form, fold_bn
 from test_crops import make_clip_store, make_recordings_store
 
 FEATURES = {"sample_rate": 32000, "n_fft": 2048, "win_length": 2000, "hop_length": 500, "n_mels": 256}
-META = {"features": FEATURES, "classes": list(SCENES), "arch": "mobileast", "quantized": True}
+META = ModelMeta(features=FEATURES, classes=list(SCENES), arch="mobileast", quantized=True)
+
+
+def agreement(reference: nn.Module, other: nn.Module, inputs: list[torch.Tensor]) -> dict[str, float]:
+    """logit_agreement of two models on log-mel batches, run by mobileast.inference."""
+    batches, cpu = [Batch(x, torch.full((len(x),), -1), torch.arange(len(x))) for x in inputs], torch.device("cpu")
+    return logit_agreement(predict(reference, nn.Identity(), batches, cpu), predict(other, nn.Identity(), batches, cpu))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,7 +166,7 @@ def test_float_modules_stay_float(sub2, calib):
 def test_int8_agrees_with_float(sub2, sub2_int8):
     """Measured: top-1 agreement 0.94 (60 of 64), correlation of the input-dependent logits 0.996."""
     gen = torch.Generator().manual_seed(2)
-    result = quantize.agreement(sub2, sub2_int8, [varied_inputs(32, gen) for _ in range(2)])
+    result = agreement(sub2, sub2_int8, [varied_inputs(32, gen) for _ in range(2)])
     assert result["n"] == 64
     assert result["top1_agreement"] >= 0.875
     assert result["logit_correlation"] >= 0.98
@@ -168,7 +175,7 @@ def test_int8_agrees_with_float(sub2, sub2_int8):
 def test_agreement_against_plain_computation():
     a = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[1.5, 2.0], [0.0, 3.0], [0.0, 2.0]])
-    result = quantize.agreement(lambda x: a[x], lambda x: b[x], [torch.tensor([0, 1]), torch.tensor([2])])
+    result = logit_agreement(a, b)
     ca, cb = (a - a.mean(0)).flatten().numpy(), (b - b.mean(0)).flatten().numpy()
     assert result["n"] == 3 and result["top1_agreement"] == pytest.approx(2 / 3)
     assert result["logit_correlation"] == pytest.approx(np.corrcoef(ca, cb)[0, 1])
@@ -239,10 +246,10 @@ def test_quantize_student_writes_deployable_int8_model(stores, tmp_path):
     summary = quantize.quantize_student(tmp_path / "student.pt", recordings, resampled, tmp_path / "int8.pt",
                                         quant, hop_s=0.5, seed=0)
     loaded, meta = load_deployed(tmp_path / "int8.pt")
-    assert meta["quantized"] is True and meta["features"] == FEATURES and meta["classes"] == list(SCENES)
-    assert meta["float_modules"] == summary["float_modules"] == [
+    assert meta.quantized is True and meta.features == FEATURES and meta.classes == list(SCENES)
+    assert meta.float_modules == summary["float_modules"] == [
         f"blocks.vit.transformer.{i}.{n}" for i in (0, 1) for n in ("norm1", "norm2")]
-    assert meta["dynamic_modules"] == summary["dynamic_modules"] == ["classifier"]
+    assert meta.dynamic_modules == summary["dynamic_modules"] == ["classifier"]
     # the float LayerNorms count 4 bytes per parameter, as in the int8 estimate
     assert summary["param_memory_bytes"] == param_memory_bytes(loaded) == \
         param_memory_bytes_int8_estimate(fold_bn(model)) < 128_000

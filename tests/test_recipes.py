@@ -143,7 +143,7 @@ def test_ensemble_logits_are_the_mean_of_the_teachers(stores, teacher, dumped, t
 
 
 def test_an_ensemble_teacher_at_another_sample_rate_is_refused(stores, teacher, tmp_path):
-    checkpoint = torch.load(teacher, weights_only=False)
+    checkpoint = torch.load(teacher, weights_only=True)
     other = tmp_path / "ensemble" / "16k.pt"
     other.parent.mkdir()
     torch.save({**checkpoint, "features": {**FEATURES, "sample_rate": 2 * RATE}}, other)

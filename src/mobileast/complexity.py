@@ -37,7 +37,7 @@ import torchinfo
 from torch import nn
 
 from mobileast.files import atomic_output, write_json
-from mobileast.deploy import load_checkpoint_model
+from mobileast.deploy import load_checkpoint_model, load_deployed
 from mobileast.models import PRESETS, build_preset, model_spec
 from mobileast.models.mobileast import MatMul, TransformerLayer, fold_bn
 
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out-json and --out-md go together")
 
     model = build_preset(args.preset) if args.preset else load_checkpoint_model(args.checkpoint)[0]
-    stored = torch.jit.load(args.quantized, map_location="cpu") if args.quantized else None
+    stored = load_deployed(args.quantized)[0] if args.quantized else None
     report = complexity_report(model, stored=stored)
     title = f"Complexity of {args.preset or Path(args.checkpoint).name}"
     if args.out_json:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 
 from mobileast.files import atomic_output, write_json
 
@@ -28,10 +29,10 @@ from mobileast.labels import SCENES
 from mobileast.progress import progress
 from mobileast.data.crops import ClipSource, check_clip_rate
 from mobileast.data.store import read_recordings
-from mobileast.deploy import feature_args, frontend_for, load_model_any
+from mobileast.deploy import ModelMeta, frontend_for, load_model_any
 from mobileast.metrics import evaluate_predictions, summary
 from mobileast.plots import save_figure
-from mobileast.inference import predict, resolve_precision
+from mobileast.inference import device_for, predict, resolve_precision
 
 Results = Mapping[str, Mapping[str, Any]]
 
@@ -156,20 +157,23 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
     results = {}
     for name, path in models.items():
         model, meta = load_model_any(path)
-        if list(meta["classes"]) != list(SCENES):
-            raise ValueError(f"{path}: classes {meta['classes']} differ from {list(SCENES)}")
-        check_clip_rate(clips.clip_samples, int(feature_args(meta["features"])["sample_rate"]),
-                        f"the sample rate of {path}", resampled)
-        on_cpu = meta.get("quantized") or meta.get("format") == "onnx" or not torch.cuda.is_available()
-        device = torch.device("cpu" if on_cpu else "cuda")
-        batches = progress(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=f"evaluate {name}",
-                           unit="batch")
-        logits = predict(model.to(device), frontend_for(meta).to(device), batches, device,
-                         resolve_precision(precision, device, "evaluate.precision"))
-        results[name] = metrics(logits.numpy())
+        if list(meta.classes) != list(SCENES):
+            raise ValueError(f"{path}: classes {meta.classes} differ from {list(SCENES)}")
+        check_clip_rate(clips.clip_samples, meta.sample_rate, f"the sample rate of {path}", resampled)
+        results[name] = metrics(fold_logits(model, meta, clips, batch_size, precision, f"evaluate {name}").numpy())
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))
     return results
+
+
+def fold_logits(model: nn.Module, meta: ModelMeta, clips: ClipSource, batch_size: int,
+                precision: str = "auto", desc: str = "evaluate") -> torch.Tensor:
+    """Logits (clips, classes) of a model on a fold's clips, in order (mobileast.inference):
+    where `device_for(meta)` puts it, float models under `precision` (evaluate.precision)."""
+    device = device_for(meta)
+    batches = progress(clips.batches(batch_size), total=-(-len(clips) // batch_size), desc=desc, unit="batch")
+    return predict(model.to(device), frontend_for(meta).to(device), batches, device,
+                   resolve_precision(precision, device, "evaluate.precision"))
 
 
 def _pct(value: float | None) -> str:

@@ -8,18 +8,17 @@ stage `export`.
 - int8: from the int8 TorchScript model of the quantize stage, the float checkpoint it
   was quantized from (its meta records path and md5, checked) is exported as above and
   converted to QDQ int8 with the qparams torch's observers choose on the same
-  calibration crops (mobileast.quantize.quantize_onnx): the same ops int8, the same
-  scales. (Exporting the torch int8 model itself fails in both torch exporters:
-  quantized tensors, FX GraphModules.)
+  calibration crops (mobileast.onnx_quantize.quantize_onnx): the same ops int8, the same
+  scales.
 
-The deployed meta.json (features, classes, architecture, quantization) rides in the ONNX
-file's metadata_props, so mobileast.deploy.load_model_any (predict, evaluate, submit)
-runs it like the TorchScript model.
+The model's meta (mobileast.deploy.ModelMeta: features, classes, architecture,
+quantization) rides as meta.json in the ONNX file's metadata_props, so
+mobileast.deploy.load_model_any (predict, evaluate, submit) runs it like the TorchScript
+model.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import warnings
@@ -28,18 +27,17 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mobileast.errors import InputError
-
-from mobileast.files import atomic_output
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
-from mobileast.deploy import META_FILE, input_shape, load_checkpoint_model, load_deployed, load_model_any
+from mobileast.deploy import META_FILE, ModelMeta, input_shape, load_checkpoint_model, load_deployed, load_model_any
+from mobileast.errors import InputError
+from mobileast.files import atomic_output, file_md5
 from mobileast.models.mobileast import AttentionCore, deploy_form
-from mobileast.quantize import name_scopes
+from mobileast.onnx_quantize import name_scopes
 
 OPSET = 23  # the first with an Attention op
 
 
-def export_float(model: torch.nn.Module, meta: Mapping[str, Any], out: str | Path) -> None:
+def export_float(model: torch.nn.Module, meta: ModelMeta, out: str | Path) -> None:
     """The float model's deploy form as ONNX (input `logmel` (B, 1, n_mels, frames), output `logits`)."""
     import onnx
 
@@ -53,46 +51,47 @@ def export_float(model: torch.nn.Module, meta: Mapping[str, Any], out: str | Pat
                                     verbose=False)
     proto = program.model_proto
     attention_ops(proto, model)
-    _set_meta(proto, {**meta, "quantized": False, "format": "onnx"})
+    _set_meta(proto, meta.replace(quantized=False, format="onnx"))
     onnx.checker.check_model(proto, full_check=True)
     with atomic_output(out) as tmp:
         onnx.save(proto, str(tmp))
 
 
 def export_int8(int8_model: str | Path, out: str | Path, recordings: Path = RECORDINGS_DIR,
-                resampled: Path = RESAMPLED_DIR) -> dict[str, Any]:
-    """The int8 ONNX model of an int8 TorchScript model (see the module docstring)."""
+                resampled: Path = RESAMPLED_DIR) -> ModelMeta:
+    """The int8 ONNX model of an int8 TorchScript model (see the module docstring); returns its meta."""
     import onnx
 
-    from mobileast.quantize import calibration_batches, file_md5, quantize_onnx
+    from mobileast.onnx_quantize import quantize_onnx
+    from mobileast.quantize import calibration_batches
 
     _, meta = load_deployed(int8_model)
-    if not meta.get("quantized") or "source" not in meta:
+    if not meta.quantized or meta.source is None:
         raise InputError(f"{int8_model}: not an int8 model of the quantize stage (its meta has no source checkpoint)")
-    if set(meta.get("dynamic_modules", [])) - {"classifier"}:
-        raise InputError(f"{int8_model} quantizes {meta['dynamic_modules']} dynamically: the ONNX export converts "
+    if set(meta.dynamic_modules or []) - {"classifier"}:
+        raise InputError(f"{int8_model} quantizes {meta.dynamic_modules} dynamically: the ONNX export converts "
                          "dynamic quantization of the classifier only (quant.dynamic_modules: [classifier] or [])")
-    source = Path(meta["source"]["checkpoint"])
-    if not source.is_file() or file_md5(source) != meta["source"]["md5"]:
-        raise InputError(f"{int8_model} was quantized from {source} (md5 {meta['source']['md5']}), which is "
+    source = Path(meta.source["checkpoint"])
+    if not source.is_file() or file_md5(source) != meta.source["md5"]:
+        raise InputError(f"{int8_model} was quantized from {source} (md5 {meta.source['md5']}), which is "
                          f"{'missing' if not source.is_file() else 'not that file any more'}: export the float "
                          "checkpoint it came from, or quantize again (dvc repro quantize)")
     model, float_meta = load_checkpoint_model(source)
-    calibration = meta["calibration"]
-    calib = calibration_batches(recordings, resampled, float_meta["features"], calibration["batches"],
+    calibration = meta.calibration
+    calib = calibration_batches(recordings, resampled, float_meta.features, calibration["batches"],
                                 calibration["batch_size"], calibration["hop_s"], calibration["seed"])
+    float_modules = meta.float_modules or []
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
         float_path = Path(scratch) / "float.onnx"
         export_float(model, float_meta, float_path)
         quantized = Path(scratch) / "int8.onnx"
-        summary = quantize_onnx(float_path, quantized, calib, meta["quant_engine"], meta.get("float_modules", []))
+        summary = quantize_onnx(float_path, quantized, calib, meta.quant_engine, float_modules)
         proto = onnx.load(str(quantized))
-    onnx_meta = {**meta, "format": "onnx", "runtime": "onnxruntime", "onnx_quantization": {
-        "format": "QDQ", "qparams": f"torch's {meta['quant_engine']} observers on the calibration crops",
+    onnx_meta = meta.replace(format="onnx", runtime="onnxruntime", quant_engine=None, onnx_quantization={
+        "format": "QDQ", "qparams": f"torch's {meta.quant_engine} observers on the calibration crops",
         "weights": "int8 per channel", "activations": "uint8 per tensor",
-        "float": ", ".join(["LayerNorm", "SiLU", "attention core", "logits", *meta.get("float_modules", [])]),
-        **summary}}
-    onnx_meta.pop("quant_engine", None)
+        "float": ", ".join(["LayerNorm", "SiLU", "attention core", "logits", *float_modules]),
+        **summary})
     _set_meta(proto, onnx_meta)
     onnx.checker.check_model(proto, full_check=True)
     with atomic_output(out) as tmp:
@@ -104,7 +103,7 @@ def attention_ops(proto: Any, model: torch.nn.Module) -> None:
     """Rewrite each AttentionCore of `model` in the exported graph `proto` as Reshape ->
     Split -> Attention -> Reshape on (B*P, N, 3d) rows: the op takes the heads side by side
     (q_num_heads), so the head split and merge need no Transpose (the exporter's form had
-    four per layer, 18 % of onnxruntime's float time).
+    four per layer, a large share of onnxruntime's float time).
 
     The exporter names each node's module scope in its metadata; the core's nodes are
     those inside `<name>.core`, with one input (qkv) and one output used outside.
@@ -150,19 +149,19 @@ def _scope(node: Any, cores: Mapping[str, Any]) -> str | None:
     return next((s for s in name_scopes(node) if s in cores), None)
 
 
-def _set_meta(proto: Any, meta: Mapping[str, Any]) -> None:
+def _set_meta(proto: Any, meta: ModelMeta) -> None:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_FILE, json.dumps(dict(meta), sort_keys=True)
+    entry.key, entry.value = META_FILE, meta.to_json(sort_keys=True)
 
 
 def export(model_path: str | Path, out: str | Path, recordings: Path = RECORDINGS_DIR,
-           resampled: Path = RESAMPLED_DIR) -> dict[str, Any]:
+           resampled: Path = RESAMPLED_DIR) -> ModelMeta:
     """Float ONNX of a training checkpoint, int8 ONNX of an int8 TorchScript model; returns the meta."""
     _, meta = load_model_any(model_path)
-    if meta.get("quantized"):
+    if meta.quantized:
         return export_int8(model_path, out, recordings, resampled)
-    if str(model_path).endswith(".onnx") or meta.get("format") == "onnx":
+    if str(model_path).endswith(".onnx") or meta.is_onnx:
         raise InputError(f"{model_path} is already an ONNX model")
     model, meta = load_checkpoint_model(model_path)
     export_float(model, meta, out)
@@ -194,6 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    kind = "int8" if meta.get("quantized") else "float"
+    kind = "int8" if meta.quantized else "float"
     print(f"wrote {kind} ONNX model {args.out} (opset {OPSET})")
     return 0

@@ -1,7 +1,9 @@
-"""Project root lookup and atomic file outputs (an interrupted write never leaves a partial file)."""
+"""Project root lookup, atomic file outputs (an interrupted write never leaves a partial
+file) and file checksums."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +57,16 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON with a final newline, atomically (same content, same bytes)."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def file_md5(path: str | Path) -> str:
+    """md5 hex digest of a file's bytes (as DVC and the dataset's publishers hash files),
+    read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _remove(path: Path) -> None:

@@ -1,8 +1,13 @@
-"""Logits from a model: precision policy, device placement and batch prefetching.
+"""Logits from a model: the one inference loop, its precision policy, device placement
+and batch prefetching.
 
-Every path that turns audio into logits runs through here: validation during training,
-the teacher-logit dump, evaluation, quantization and export agreement, `predict` and
-`submit`.
+Every path that turns audio into logits runs `predict` here: validation during
+training, the teacher-logit dump, evaluation, quantization and export agreement,
+`predict` and `submit`. It takes any model the project makes (a float checkpoint's
+nn.Module, an int8 TorchScript module, an ONNX model behind deploy.OnnxModel) with the
+frontend of its meta (deploy.frontend_for) and an iterable of waveform `Batch`es: a
+fold's (data.crops) or a file's clips (`clip_batches`). Where the model runs is
+`device_for`'s policy.
 """
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ import queue
 import threading
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from mobileast.data.crops import Batch
+from mobileast.deploy import ModelMeta
 from mobileast.errors import ParamsError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -38,6 +45,13 @@ def autocast(precision: str, device: torch.device) -> Any:
                           enabled=precision in AUTOCAST_DTYPES)
 
 
+def device_for(meta: ModelMeta) -> torch.device:
+    """Where a model runs: int8 models and ONNX models on the CPU (PyTorch's int8 kernels are
+    CPU-only; onnxruntime runs with its CPU provider), float torch models on the GPU when
+    there is one."""
+    return torch.device("cpu" if meta.quantized or meta.is_onnx or not torch.cuda.is_available() else "cuda")
+
+
 def predict(model: nn.Module, frontend: nn.Module, batches: Iterable[Batch],
             device: torch.device, precision: str = "fp32") -> torch.Tensor:
     """Logits (N, classes) float32 of every batch, in order, on the CPU (model in eval mode).
@@ -55,6 +69,40 @@ def predict(model: nn.Module, frontend: nn.Module, batches: Iterable[Batch],
             logits.append(out.float().cpu())
     model.train(was_training)
     return torch.cat(logits) if logits else torch.zeros(0)
+
+
+def clip_batches(clips: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    """`predict`'s batches of 1 s clips (n, samples), in order, without labels (-1).
+
+    `clips` may be float in [-1, 1] or int16 (divided by 32768, the store convention),
+    e.g. a file's clips (mobileast.predict) or a memory-mapped fold reshaped to
+    (n_clips, clip_samples).
+    """
+    if len(clips) == 0:
+        raise ValueError("no clips to classify")
+    scale = 1 / 32768 if clips.dtype == np.int16 else 1.0
+    for begin in range(0, len(clips), batch_size):
+        wave = torch.from_numpy(np.asarray(clips[begin:begin + batch_size], dtype=np.float32) * scale)
+        rows = torch.arange(begin, begin + len(wave))
+        yield Batch(wave, torch.full_like(rows, -1), rows)
+
+
+def logit_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """How closely the logits `other` (N, classes) follow `reference` (same inputs), e.g.
+    an int8 model's a float model's.
+
+    `top1_agreement`: share of inputs with the same top class. `logit_correlation`:
+    Pearson correlation of the logits with each class's mean over the inputs removed,
+    i.e. of their input-dependent part (a class bias shared by all inputs, large in an
+    untrained model, cannot inflate it). `max_abs_diff_rel`: largest absolute logit
+    difference over the reference's logit range.
+    """
+    a, b = reference.double(), other.double()
+    centered = torch.stack([(a - a.mean(0)).flatten(), (b - b.mean(0)).flatten()])
+    return {"n": len(a),
+            "top1_agreement": (a.argmax(1) == b.argmax(1)).double().mean().item(),
+            "logit_correlation": torch.corrcoef(centered)[0, 1].item(),
+            "max_abs_diff_rel": ((a - b).abs().max() / (a.max() - a.min())).item()}
 
 
 def prefetch(batches: Iterable[Batch], device: torch.device, depth: int = 2) -> Iterator[Batch]:

@@ -1,9 +1,9 @@
 """`python -m mobileast predict --model MODEL file.wav ...`: acoustic scene of audio files.
 
 Each file is read with soundfile (any sample rate and format libsndfile reads; stereo
-and multichannel are downmixed by averaging channels), resampled to the model's rate
-with soxr (HQ), cut into the 1 s clips the model was trained on, and classified clip by
-clip. The file's prediction is the mean of its clips' class probabilities (a confident
+and multichannel are downmixed by averaging channels: mobileast.data.audio.read_audio),
+resampled to the model's rate with soxr (HQ), cut into the 1 s clips the model was
+trained on, and classified clip by clip (mobileast.inference, on the CPU). The file's prediction is the mean of its clips' class probabilities (a confident
 wrong clip then weighs no more than one clip, unlike a mean of logits).
 
 Clips: consecutive 1 s clips from the start; a remaining tail of at least 0.5 s adds one
@@ -22,38 +22,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import nn
 
-from mobileast.data.audio import resample
-from mobileast.deploy import feature_args, frontend_for, load_model_any
+from mobileast.data.audio import read_audio, resample
+from mobileast.deploy import ModelMeta, frontend_for, load_model_any
+from mobileast.inference import clip_batches, predict
 
 MIN_TAIL_SECONDS = 0.5
-
-
-def read_audio(path: str | Path) -> tuple[np.ndarray, int, int]:
-    """(mono float32 waveform in [-1, 1], sample rate, number of channels) of an audio file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
-    try:
-        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        reason = getattr(e, "error_string", None) or str(e)
-        raise ValueError(f"{path}: not a readable audio file ({reason})") from e
-    if data.shape[0] == 0:
-        raise ValueError(f"{path}: no audio samples")
-    if not np.isfinite(data).all():
-        raise ValueError(f"{path}: contains NaN or infinite samples")
-    return data.mean(axis=1), int(sample_rate), data.shape[1]
 
 
 def split_clips(wave: np.ndarray, clip_samples: int,
@@ -68,40 +47,40 @@ def split_clips(wave: np.ndarray, clip_samples: int,
     return np.stack([wave[s:s + clip_samples] for s in starts]), starts
 
 
-def logits_for_clips(model: nn.Module, frontend: nn.Module, clips: np.ndarray,
-                     batch_size: int = 64) -> np.ndarray:
-    """Model logits (n, n_classes) float32 of 1 s clips (n, samples), in batches;
-    `frontend` is deploy.frontend_for(meta) of the model.
+class FileLogits(NamedTuple):
+    """A file's clip logits (n, classes) float32 and where they come from."""
 
-    `clips` may be float in [-1, 1] or int16 (divided by 32768, the store convention),
-    e.g. a memory-mapped evaluate fold reshaped to (n_clips, clip_samples).
-    """
-    if len(clips) == 0:
-        raise ValueError("no clips to classify")
-    scale = 1 / 32768 if clips.dtype == np.int16 else 1.0
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(clips), batch_size):
-            wave = torch.from_numpy(np.asarray(clips[i:i + batch_size], dtype=np.float32) * scale)
-            out.append(model(frontend(wave)).float().numpy())
-    return np.concatenate(out)
+    logits: torch.Tensor
+    starts: np.ndarray  # start sample of each clip, at the model's rate
+    samples: int  # the file's length at the model's rate
+    file_rate: int
+    channels: int
 
 
-def predict_file(path: str | Path, model: nn.Module, frontend: nn.Module, meta: dict[str, Any],
-                 batch_size: int = 64) -> dict[str, Any]:
-    """Scene prediction of one audio file: file-level and per-clip labels and probabilities."""
+def file_logits(path: str | Path, model: nn.Module, frontend: nn.Module, meta: ModelMeta,
+                batch_size: int = 64) -> FileLogits:
+    """The logits of an audio file's 1 s clips (module docstring), computed on the CPU in
+    batches by mobileast.inference; `frontend` is deploy.frontend_for(meta) of the model."""
     wave, file_rate, channels = read_audio(path)
-    rate = int(feature_args(meta["features"])["sample_rate"])
+    rate = meta.sample_rate
     wave = resample(wave, file_rate, rate)
     clips, starts = split_clips(wave, rate, int(MIN_TAIL_SECONDS * rate))
-    logits = torch.from_numpy(logits_for_clips(model, frontend, clips, batch_size))
-    probs = torch.softmax(logits.double(), dim=1).numpy()
-    classes = list(meta["classes"])
-    result = {"file": str(path), **_labelled(probs.mean(axis=0), classes),
-              "duration_s": round(len(wave) / rate, 3), "sample_rate": file_rate, "channels": channels}
-    result["seconds"] = [{"start_s": round(s / rate, 3), "end_s": round(min(s + rate, len(wave)) / rate, 3),
-                          **_labelled(p, classes)} for s, p in zip(starts, probs)]
-    return result
+    logits = predict(model, frontend, clip_batches(clips, batch_size), torch.device("cpu"))
+    return FileLogits(logits, starts, len(wave), file_rate, channels)
+
+
+def predict_file(path: str | Path, model: nn.Module, frontend: nn.Module, meta: ModelMeta,
+                 batch_size: int = 64) -> dict[str, Any]:
+    """Scene prediction of one audio file: file-level and per-clip labels and probabilities."""
+    result = file_logits(path, model, frontend, meta, batch_size)
+    rate, n = meta.sample_rate, result.samples
+    probs = torch.softmax(result.logits.double(), dim=1).numpy()
+    classes = list(meta.classes)
+    out = {"file": str(path), **_labelled(probs.mean(axis=0), classes),
+           "duration_s": round(n / rate, 3), "sample_rate": result.file_rate, "channels": result.channels}
+    out["seconds"] = [{"start_s": round(s / rate, 3), "end_s": round(min(s + rate, n) / rate, 3),
+                       **_labelled(p, classes)} for s, p in zip(result.starts, probs)]
+    return out
 
 
 def format_result(result: dict[str, Any], per_second: bool) -> str:
@@ -155,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json:
             print(format_result(result, args.per_second), flush=True)
     if args.json:
-        json.dump({"model": args.model, "classes": list(meta["classes"]), "files": results},
+        json.dump({"model": args.model, "classes": list(meta.classes), "files": results},
                   sys.stdout, indent=2)
         print()
     return 1 if any("error" in r for r in results) else 0

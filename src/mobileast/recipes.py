@@ -30,7 +30,7 @@ from mobileast.files import atomic_output
 from mobileast.labels import SCENES
 from mobileast.progress import progress
 from mobileast.data.crops import Batch, RecordingCrops, evaluate_clips, train_crops
-from mobileast.deploy import feature_args, frontend_for, load_checkpoint_model
+from mobileast.deploy import ModelMeta, frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
 from mobileast.metrics import evaluate_predictions
 from mobileast.models import build_preset, build_student, model_spec
@@ -116,7 +116,7 @@ def _train(stage: str, model: nn.Module, meta: dict[str, Any], prefix: str, para
     precision = resolve_precision(settings.precision, rt.device)
     sample_rate = int(meta["features"]["sample_rate"])
     with params_errors("section 'features'" if meta["input"] == "logmel" else "section 'teacher.passt'"):
-        frontend = frontend_for(meta).to(rt.device)
+        frontend = frontend_for(ModelMeta.from_dict(meta)).to(rt.device)
     with params_errors(f"section '{prefix}augment'"):
         augmenter = Augmenter.from_params(_section(params, f"{prefix}augment"), sample_rate)
     step = supervised_step(frontend, augmenter, loss_fn,
@@ -187,7 +187,7 @@ def load_teachers(checkpoints: Sequence[Path], device: torch.device,
     teachers = []
     for path in checkpoints:
         model, meta = load_checkpoint_model(path)
-        rate = int(feature_args(meta["features"])["sample_rate"])
+        rate = meta.sample_rate
         if rate != sample_rate:
             raise ParamsError(f"{path}: this teacher takes {rate} Hz audio, but data.sample_rate (the stores' rate) "
                               f"is {sample_rate} Hz: resample the data at {rate} Hz or leave the checkpoint out "

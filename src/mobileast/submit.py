@@ -41,7 +41,7 @@ from mobileast.errors import InputError
 from mobileast.files import atomic_output, project_root, write_json
 from mobileast.labels import SCENES
 from mobileast.params import read_params
-from mobileast.deploy import frontend_for, input_shape, load_model_any
+from mobileast.deploy import ModelMeta, frontend_for, input_shape, load_model_any
 from mobileast.predict import predict_file
 
 FILL_IN = "FILL IN"
@@ -54,19 +54,19 @@ def audio_files(audio_dir: Path) -> list[Path]:
     return files
 
 
-def model_complexity(path: Path, model: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+def model_complexity(path: Path, model: Any, meta: ModelMeta) -> dict[str, Any]:
     """Complexity figures of a deployed or float model, counted on its float architecture
     (from meta arch/config), the memory as the file stores its parameters."""
     from mobileast.models import build_model
 
-    if "config" not in meta:
+    if meta.config is None:
         raise InputError(f"{path}: its meta has no architecture config to count MACs on")
-    float_model = build_model(meta["arch"], meta["config"]).eval()
+    float_model = build_model(meta.arch, meta.config).eval()
     shape = (1, *input_shape(meta))
-    is_onnx = meta.get("format") == "onnx"
-    report = complexity_report(float_model, shape, stored=None if is_onnx or not meta.get("quantized") else model)
+    is_onnx = meta.is_onnx
+    report = complexity_report(float_model, shape, stored=None if is_onnx or not meta.quantized else model)
     memory = onnx_param_memory_bytes(path) if is_onnx else report["param_memory_bytes"]
-    quantized = bool(meta.get("quantized"))
+    quantized = meta.quantized
     if not quantized:
         memory = report["param_memory_bytes_int8_estimate"]
     limit = report["limits"]["param_memory_bytes"]
@@ -91,26 +91,26 @@ def _enabled(augment: Mapping[str, Any]) -> str:
     return ", ".join(names) or "none"
 
 
-def metadata(label: str, meta: Mapping[str, Any], complexity: Mapping[str, Any], params: Mapping[str, Any] | None,
+def metadata(label: str, meta: ModelMeta, complexity: Mapping[str, Any], params: Mapping[str, Any] | None,
              dev: Mapping[str, Any] | None) -> dict[str, Any]:
     """The system-information skeleton, filled with what the model carries (features,
     architecture, quantization, and for a student of this pipeline the params it was
     trained with: meta "params") and, for what it does not (the teacher; everything for
     a model without params), with the project's `params`."""
-    features = meta.get("features", {})
-    trained = meta.get("params") or params
-    calibration = meta.get("calibration")
+    features = meta.features
+    trained = meta.params or params
+    calibration = meta.calibration
     description: dict[str, Any] = {
         "input_sampling_rate": f"{int(features.get('sample_rate', 32000)) / 1000:g}kHz",
         "acoustic_features": f"log-mel energies ({features.get('n_mels')} bands, window {features.get('win_length')}, "
                              f"hop {features.get('hop_length')} samples)",
         "machine_learning_method": "MobileAST_Light (MobileViTv3 blocks in a MobileNetV2-style CNN)"
-        if meta.get("arch") == "mobileast" else meta.get("arch", FILL_IN),
+        if meta.arch == "mobileast" else meta.arch or FILL_IN,
         "ensemble_method_subsystem_count": 1,
         "decision_making": "mean of the 1 s clips' class probabilities per file",
-        "quantization": f"int8 post-training static quantization ({meta.get('quant_engine') or meta.get('runtime')}"
+        "quantization": f"int8 post-training static quantization ({meta.quant_engine or meta.runtime}"
                         + (f", calibrated on {calibration['batches']} x {calibration['batch_size']} training crops)"
-                           if calibration else ")") if meta.get("quantized") else "none (float32)",
+                           if calibration else ")") if meta.quantized else "none (float32)",
         "external_data_usage": FILL_IN,
     }
     if trained:
@@ -140,7 +140,7 @@ def metadata(label: str, meta: Mapping[str, Any], complexity: Mapping[str, Any],
             "device_wise": {d: {"accuracy": round(100 * a, 2)} for d, a in dev.get("per_device_accuracy", {}).items()}}}
     if trained:
         skeleton["pipeline_params"] = trained
-        skeleton["pipeline_params_source"] = ("the model (the params of its training stage)" if meta.get("params")
+        skeleton["pipeline_params_source"] = ("the model (the params of its training stage)" if meta.params
                                               else "params.yaml (the model carries no params)")
     return skeleton
 
@@ -152,8 +152,8 @@ def submit(model_path: Path, audio_dir: Path, out_dir: Path, label: str, params:
     the entry of the model's kind, `metrics_entry`)."""
     model, meta = load_model_any(model_path)
     dev = dev_metrics.get(dev_model or metrics_entry(meta)) if dev_metrics else None
-    if list(meta["classes"]) != list(SCENES):
-        raise InputError(f"{model_path}: classes {meta['classes']} are not the challenge's {list(SCENES)}")
+    if list(meta.classes) != list(SCENES):
+        raise InputError(f"{model_path}: classes {meta.classes} are not the challenge's {list(SCENES)}")
     frontend = frontend_for(meta)
     rows, bad = [], []
     for path in audio_files(audio_dir):
@@ -182,11 +182,11 @@ def submit(model_path: Path, audio_dir: Path, out_dir: Path, label: str, params:
     return len(rows), bad
 
 
-def metrics_entry(meta: Mapping[str, Any]) -> str:
+def metrics_entry(meta: ModelMeta) -> str:
     """The reports/metrics.json entry of a model's kind, from its meta (the evaluate stage's names)."""
-    if not meta.get("quantized"):
+    if not meta.quantized:
         return "student_float"
-    return "student_int8_onnx" if meta.get("format") == "onnx" else "student_int8"
+    return "student_int8_onnx" if meta.is_onnx else "student_int8"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,7 @@
-"""Audio file reading and float <-> int16 conversion shared by the data stages."""
+"""Audio file reading (the data stages and `predict`) and float <-> int16 conversion."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -12,12 +14,40 @@ def load_mono(path: str, sample_rate: int) -> np.ndarray:
     """Read an audio file as float32 mono at `sample_rate`.
 
     Channels are averaged (downmix); a file at another rate is resampled from its own
-    rate with soxr's high-quality ('HQ') filter. Errors of libsndfile propagate.
+    rate with soxr's high-quality ('HQ') filter. Errors of libsndfile propagate (the
+    dataset was checked before).
     """
-    audio, rate = sf.read(path, dtype="float32")
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1, dtype=np.float32)
+    audio, rate, _ = _decode(path)
     return resample(audio, rate, sample_rate)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int, int]:
+    """(mono float32 waveform in [-1, 1], sample rate, number of channels) of a user's
+    audio file, channels averaged. A missing, empty, undecodable file or one with
+    non-finite samples is an error naming the file (FileNotFoundError, ValueError)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
+    try:
+        audio, rate, channels = _decode(path)
+    except (sf.SoundFileError, RuntimeError) as e:
+        reason = getattr(e, "error_string", None) or str(e)
+        raise ValueError(f"{path}: not a readable audio file ({reason})") from e
+    if len(audio) == 0:
+        raise ValueError(f"{path}: no audio samples")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{path}: contains NaN or infinite samples")
+    return audio, rate, channels
+
+
+def _decode(path: str | Path) -> tuple[np.ndarray, int, int]:
+    """(float32 samples with the channels averaged, sample rate, number of channels)."""
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    return audio.mean(axis=1, dtype=np.float32), int(rate), audio.shape[1]
 
 
 def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:

@@ -13,7 +13,6 @@ disk, checksum and archive errors are one line each (exit status 1). Never part 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import urllib.error
@@ -22,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from mobileast.data.tau22 import META_FILE
+from mobileast.files import file_md5
 
 URL = "https://zenodo.org/record/6337421/files/{name}?download=1"
 PREFIX = "TAU-urban-acoustic-scenes-2022-mobile-development"
@@ -62,14 +62,6 @@ class ArchiveError(DownloadError):
     """An archive with a member that would land outside the destination."""
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(url: str, part: Path, md5: str, timeout: float = TIMEOUT_S) -> None:
     """Download url into `part`, resuming what a broken transfer left there (an HTTP range
     request; a server that ignores it sends the whole file again), and verify its md5.
@@ -90,7 +82,7 @@ def fetch(url: str, part: Path, md5: str, timeout: float = TIMEOUT_S) -> None:
             with open(part, "ab" if resumed else "wb") as out:
                 while chunk := response.read1(CHUNK):  # what has arrived: a stalled transfer keeps it
                     out.write(chunk)
-    if (actual := md5sum(part)) != md5:
+    if (actual := file_md5(part)) != md5:
         part.unlink()
         raise ChecksumError(f"md5 {actual}, expected {md5}; the download is deleted, run again to fetch it anew")
 

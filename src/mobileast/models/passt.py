@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobileast.augment import mask_bands
 from mobileast.features import LogMel, kaldi_mel_banks
 
 RELEASES_URL = "https://github.com/kkoutini/PaSST/releases"
@@ -59,17 +60,16 @@ class PaSSTConfig:
         return self.n_mels // self.fstride, self.input_tdim // self.tstride
 
 
-def mask_bands(x: torch.Tensor, max_width: int, dim: int) -> torch.Tensor:
+def mask_random_bands(x: torch.Tensor, max_width: int, dim: int) -> torch.Tensor:
     """SpecAugment on (B, F, T): per example zero one band of U[0, max_width) rows of
-    `dim` (-2 frequency, -1 time) at a uniform position (torchaudio's iid masking)."""
+    `dim` (-2 frequency, -1 time) at a uniform position (torchaudio's iid masking);
+    the masking itself is mobileast.augment.mask_bands."""
     if max_width < 1:
         return x
     size = x.shape[dim]
     width = torch.rand(x.shape[0], device=x.device) * max_width
     start = (torch.rand(x.shape[0], device=x.device) * (size - width)).long()
-    pos = torch.arange(size, device=x.device)
-    band = (pos >= start[:, None]) & (pos < (start + width.long())[:, None])  # (B, size)
-    return x.masked_fill(band[:, :, None] if dim == -2 else band[:, None, :], 0.0)
+    return mask_bands(x, start[:, None], width.long()[:, None], dim)
 
 
 class PaSSTMel(LogMel):
@@ -100,7 +100,7 @@ class PaSSTMel(LogMel):
             banks = kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, f_min, f_max, device=power.device)
         logmel = torch.log(torch.matmul(banks, power) + 1e-5)  # (B, n_mels, frames)
         if self.training:
-            logmel = mask_bands(mask_bands(logmel, c.specaug_freq, -2), c.specaug_time, -1)
+            logmel = mask_random_bands(mask_random_bands(logmel, c.specaug_freq, -2), c.specaug_time, -1)
         return ((logmel + 4.5) / 5.0).unsqueeze(1)
 
 
