@@ -6,9 +6,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mobileast.augment import (SECTIONS, Augmenter, add_noise, cutmix, istft, mask_bands, mixstyle, mixup,
-                               pitch_shift, sample_beta, time_shift)
-from mobileast.params import load_params
+import numpy as np
+import soundfile as sf
+
+from mobileast.augment import (SECTIONS, Augmenter, add_noise, convolve_ir, cutmix, istft, load_impulse_responses,
+                               mask_bands, mixstyle, mixup, pitch_shift, sample_beta, time_shift)
+from mobileast.errors import ParamsError
+from mobileast.labels import DEVICES
+from mobileast.params import check_params, load_params, read_params
+from mobileast.schema import augmentations
 
 SR = 32000
 PARAMS = load_params(Path(__file__).parents[1] / "params.yaml")["augment"]
@@ -92,22 +98,27 @@ def test_null_parameters_are_identity():
     assert torch.equal(mask_bands(s, empty, empty, -1), s)
 
 
-def test_same_seed_same_output_other_seed_differs():
+def test_same_seed_same_output_other_seed_differs(tmp_path):
     cfg = copy.deepcopy(PARAMS)
     for section in cfg.values():
         section["enabled"] = True
     cfg["mixup"]["p"], cfg["mixstyle"]["p"] = 0.5, 1.0
+    cfg["dir"]["ir_dir"] = str(write_irs(tmp_path))
     aug = Augmenter.from_params(cfg, SR)
     outs = []
     for seed in (3, 3, 4):
         g = gen(seed)
-        y, mix = aug.wave(waves(), g)
+        y, mix = aug.wave(waves(), g, torch.zeros(6, dtype=torch.long))
         z, mix = aug.spec(specs(), g, mix)
         outs.append((y, z, mix))
     (y1, z1, m1), (y2, z2, m2), (y3, z3, _) = outs
     assert torch.equal(y1, y2) and torch.equal(z1, z2)
     assert torch.equal(m1.perm, m2.perm) and torch.equal(m1.lam, m2.lam)
     assert not torch.equal(y1, y3)
+
+
+def test_sections_are_the_schemas():
+    assert SECTIONS == {name: set(keys) for name, keys in augmentations().items()} and "dir" in SECTIONS
 
 
 def test_from_params_validates_sections_and_keys():
@@ -313,3 +324,177 @@ def test_masking_draws_bands_within_limits():
     time_masked = (y == 0).all(dim=-2).sum(dim=(1, 2))
     assert freq_masked.max() <= 10 and time_masked.max() <= 3
     assert freq_masked.float().mean() > 1 and time_masked.float().mean() > 0.5
+
+
+# ---------------------------------------------------------------- device impulse responses
+
+def write_irs(folder, rate=SR, irs=None):
+    """Impulse response WAV files (float) in `folder` and a subfolder (the search is recursive)."""
+    irs = irs if irs is not None else {"one.wav": [1.0, 0.5, 0.25, 0.125], "sub/two.WAV": [0.0, 0.0, 1.0, -0.3]}
+    for name, ir in irs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / name, np.asarray(ir, dtype=np.float64), rate, subtype="FLOAT")
+    return folder
+
+
+def dir_only(folder, **overrides):
+    return only("dir", ir_dir=str(folder), **overrides)
+
+
+def reference_convolution(x, ir):
+    """numpy.convolve of each clip with its IR in float64, cut to the clip, scaled to the clip's RMS."""
+    out = []
+    for clip, h in zip(x.double().numpy(), ir.double().numpy()):
+        y = np.convolve(clip, h)[:len(clip)]
+        out.append(y * np.sqrt(np.sum(clip ** 2) / np.sum(y ** 2)))
+    return torch.from_numpy(np.stack(out))
+
+
+def test_unit_impulse_leaves_audio_unchanged():
+    x = waves()
+    delta = torch.zeros(6, 300)
+    delta[:, 0] = 1.0
+    assert_close(convolve_ir(x, delta), x)
+    assert_close(convolve_ir(x.double(), delta), x.double())
+
+
+@pytest.mark.parametrize("taps", [2, 64, 9000])  # 9000 > the clip: taps past its end cannot reach it
+def test_convolution_matches_numpy_convolve(taps):
+    x = waves(b=4, n=8000)
+    decay = 0.5 ** torch.arange(taps, dtype=torch.float64)
+    irs = torch.stack([decay, torch.roll(decay, 3), -decay, torch.randn(taps, generator=gen(4), dtype=torch.float64)])
+    assert_close(convolve_ir(x.double(), irs), reference_convolution(x, irs))
+    assert_close(convolve_ir(x, irs.float()), reference_convolution(x, irs).float(), atol=1e-5, rtol=1e-4)
+
+
+def test_two_tap_average_gives_its_cosine_magnitude_response():
+    """h = [1, 1] / 2 has |H(f)| = |cos(pi f / rate)|: the ratio of two tones' levels follows it."""
+    n, f1, f2 = 8000, 500, 12000  # whole numbers of periods in the clip: exact FFT bins
+    x = (sine(f1, n) + sine(f2, n))[None].double()
+    y = convolve_ir(x, torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    spectrum = torch.fft.rfft(y[0]).abs()
+    bins = [f * n // SR for f in (f1, f2)]
+    expected = math.cos(math.pi * f1 / SR) / math.cos(math.pi * f2 / SR)
+    assert float(spectrum[bins[0]] / spectrum[bins[1]]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_level_matching_keeps_each_clips_rms():
+    x = waves() * torch.arange(1, 7)[:, None]  # clips of different levels
+    y = convolve_ir(x, torch.randn(6, 500, generator=gen(7)) * 3)
+    assert_close(y.square().mean(-1).sqrt(), x.square().mean(-1).sqrt(), rtol=1e-4, atol=0)
+    assert torch.equal(convolve_ir(torch.zeros(2, 100), torch.ones(2, 5)), torch.zeros(2, 100))  # silence stays
+
+
+def test_dir_filters_only_the_configured_devices(tmp_path):
+    folder = write_irs(tmp_path)
+    x = waves(b=8)
+    devices = torch.tensor([DEVICES.index(d) for d in ["a", "b", "a", "s1", "c", "a", "b", "a"]])
+    y, mix = dir_only(folder, p=1.0, devices=["a"]).wave(x, gen(), devices)
+    a = devices == 0
+    assert mix is None and torch.equal(y[~a], x[~a])
+    irs = load_impulse_responses(folder, SR)
+    for i in a.nonzero().flatten().tolist():  # each a-clip is x convolved with one of the IRs
+        assert any(torch.allclose(y[i], convolve_ir(x[i:i + 1], ir[None])[0], atol=1e-6) for ir in irs)
+    y, _ = dir_only(folder, p=1.0, devices=["b", "s1"]).wave(x, gen(), devices)
+    changed = (y != x).any(-1)
+    assert changed.tolist() == [d in ("b", "s1") for d in ["a", "b", "a", "s1", "c", "a", "b", "a"]]
+
+
+def test_dir_probability_zero_changes_nothing_and_p_is_per_clip(tmp_path):
+    folder = write_irs(tmp_path)
+    x, a = waves(b=400, n=400), torch.zeros(400, dtype=torch.long)
+    assert torch.equal(dir_only(folder, p=0.0).wave(x, gen(), a)[0], x)
+    y, _ = dir_only(folder, p=0.4).wave(x, gen(), a)
+    assert float((y != x).any(-1).float().mean()) == pytest.approx(0.4, abs=0.08)
+
+
+def test_dir_draws_the_impulse_responses_uniformly(tmp_path):
+    folder = write_irs(tmp_path, irs={f"{k}.wav": [0.0] * k + [1.0] for k in range(4)})  # delays 0..3
+    x = torch.zeros(2000, 50)
+    x[:, 10] = 1.0
+    y, _ = dir_only(folder, p=1.0).wave(x, gen(), torch.zeros(2000, dtype=torch.long))
+    counts = torch.bincount(y.argmax(-1) - 10, minlength=4)
+    assert counts.tolist() != [0, 0, 0, 0] and len(counts) == 4
+    assert_close(counts / 2000.0, torch.full((4,), 0.25), atol=0.04, rtol=0)
+
+
+def test_impulse_responses_at_another_rate_are_resampled_once(tmp_path):
+    ir = np.zeros(800)
+    ir[100] = 1.0  # a 100-sample delay at 16 kHz: 200 samples at 32 kHz
+    folder = write_irs(tmp_path, rate=16000, irs={"slow.wav": ir})
+    write_irs(tmp_path, rate=SR, irs={"fast.wav": [1.0]})
+    irs = load_impulse_responses(folder, SR)
+    assert irs.shape == (2, 1600) and irs.dtype == torch.float32
+    assert int(irs[1].argmax()) == 200 and float(irs[1].max()) == pytest.approx(1.0, abs=0.05)
+    assert float(irs[0, 0]) == 1.0 and not irs[0, 1:].any()  # zero-padded to the longest
+    aug = dir_only(folder, p=1.0)
+    assert torch.equal(aug.irs, irs) and aug.inputs == (folder,)
+    assert only("mixup").inputs == () and only("mixup").irs is None  # disabled: nothing read
+
+
+def test_dir_runs_where_the_batch_is(tmp_path):
+    aug = dir_only(write_irs(tmp_path), p=1.0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x, a = waves().to(device), torch.zeros(6, dtype=torch.long, device=device)
+    y, _ = aug.wave(x, torch.Generator(device).manual_seed(0), a)
+    assert y.device == x.device and not torch.equal(y, x)
+
+
+def test_disabled_dir_draws_nothing_and_touches_nothing(tmp_path):
+    """The other waveform ops draw exactly what they drew before dir existed: same output
+    and same generator state as the ops applied with the draws made in their order."""
+    cfg = copy.deepcopy(PARAMS)
+    for name in ("time_shift", "pitch_shift", "mixup", "noise"):
+        cfg[name]["enabled"] = True
+    cfg["mixup"]["p"] = 1.0
+    cfg["dir"].update(enabled=False, ir_dir=str(tmp_path / "absent"))  # never read while disabled
+    aug = Augmenter.from_params(cfg, SR)
+    x, g = waves(), gen(11)
+    y, mix = aug.wave(x, g, torch.zeros(6, dtype=torch.long))
+
+    r = gen(11)
+    max_shift = int(round(cfg["time_shift"]["max_s"] * SR))
+    expected = time_shift(x, torch.randint(-max_shift, max_shift + 1, (6,), generator=r))
+    semitones = cfg["pitch_shift"]["max_semitones"]
+    expected = pitch_shift(expected, -semitones + 2 * semitones * torch.rand(6, generator=r), max_semitones=semitones)
+    assert bool(torch.rand((), generator=r) < 1.0)  # mixup's yes/no
+    perm, lam = torch.randperm(6, generator=r), sample_beta(cfg["mixup"]["alpha"], 6, r)
+    expected = mixup(expected, perm, lam)
+    lo, hi = cfg["noise"]["snr_db_min"], cfg["noise"]["snr_db_max"]
+    snr = lo + (hi - lo) * torch.rand(6, generator=r)
+    expected = add_noise(expected, snr, torch.randn(x.shape, generator=r))
+    assert torch.equal(y, expected) and torch.equal(mix.perm, perm) and torch.equal(mix.lam, lam)
+    assert torch.equal(g.get_state(), r.get_state())
+    assert torch.equal(aug.wave(x, gen(11))[0], y)  # no devices needed while disabled
+
+
+def test_enabled_dir_needs_impulse_responses(tmp_path):
+    with pytest.raises(ParamsError, match=f"dir.ir_dir: {tmp_path / 'absent'} is not a folder"):
+        dir_only(tmp_path / "absent")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no audio")
+    with pytest.raises(ParamsError, match=f"dir.ir_dir: no .wav files under {tmp_path / 'empty'}"):
+        dir_only(tmp_path / "empty")
+    write_irs(tmp_path / "silent", irs={"zero.wav": [0.0, 0.0]})
+    with pytest.raises(ParamsError, match="zero.wav is silent"):
+        dir_only(tmp_path / "silent")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(ParamsError, match="broken.wav: not a readable audio file"):
+        dir_only(tmp_path / "bad")
+    with pytest.raises(ValueError, match="no recording devices"):
+        dir_only(write_irs(tmp_path / "ok")).wave(waves(), gen())
+
+
+@pytest.mark.parametrize("section", ["augment", "teacher.augment"])
+def test_params_dir_section_is_checked(section):
+    params = read_params(Path(__file__).parents[1] / "params.yaml")
+    node = params["augment"] if section == "augment" else params["teacher"]["augment"]
+    assert node["dir"] == {"enabled": False, "p": 0.4, "ir_dir": "data/irs", "devices": ["a"]}
+    for key, value, problem in [("ir_dir", None, "must be a string"), ("devices", ["x"], "must be a list of items"),
+                                ("p", 1.5, "must be in")]:
+        bad = copy.deepcopy(params)
+        target = bad["augment"] if section == "augment" else bad["teacher"]["augment"]
+        target["dir"][key] = value
+        with pytest.raises(ParamsError, match=f"{section}.dir.{key} {problem}"):
+            check_params(bad)

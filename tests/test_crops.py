@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mobileast.labels import SCENES
+from mobileast.labels import DEVICES, SCENES
 from mobileast.data.crops import ClipSource, RecordingCrops, crop_grid
 
 
@@ -23,10 +23,10 @@ def reference_grid(slices_present, clip, crop, hop):
 
 
 def make_recordings_store(root: Path, slices: dict[str, list[list[int]]], clip_samples: int,
-                          seed: int = 0) -> Path:
+                          seed: int = 0, devices: tuple[str, ...] = ("a",)) -> Path:
     """A tiny recordings store: per fold a list of recordings given by their present slices.
 
-    Recording i has scene SCENES[i % 10]; its audio is a sine whose frequency depends on
+    Recording i has scene SCENES[i % 10] and device devices[i % len(devices)]; its audio is a sine whose frequency depends on
     the scene plus noise (learnable), missing slices zero-filled as in the real store.
     """
     rng = np.random.default_rng(seed)
@@ -42,7 +42,7 @@ def make_recordings_store(root: Path, slices: dict[str, list[list[int]]], clip_s
                 audio[k * clip_samples:(k + 1) * clip_samples] = 0
             arrays.append(audio)
             rows.append({"recording": f"{SCENES[i % 10]}-x-{i}-{fold}", "scene_label": SCENES[i % 10],
-                         "device": "a", "fold": fold, "n_slices": len(present),
+                         "device": devices[i % len(devices)], "fold": fold, "n_slices": len(present),
                          "slices_present": ",".join(map(str, present)),
                          "complete": len(present) == max(present) + 1, "offset": offset, "length": length,
                          "clip_samples": clip_samples})
@@ -52,11 +52,12 @@ def make_recordings_store(root: Path, slices: dict[str, list[list[int]]], clip_s
     return root
 
 
-def make_clip_store(root: Path, fold: str, clips: np.ndarray, scenes: list[str]) -> Path:
-    """A tiny resampled store: int16 clips (n, samples) of one fold with their scenes."""
+def make_clip_store(root: Path, fold: str, clips: np.ndarray, scenes: list[str],
+                    devices: list[str] | str = "a") -> Path:
+    """A tiny resampled store: int16 clips (n, samples) of one fold with their scenes and devices."""
     n, length = clips.shape
     pd.DataFrame({"filename": [f"{s}-{i}.wav" for i, s in enumerate(scenes)], "scene_label": scenes,
-                  "slice": 0, "device": "a", "fold": fold, "offset": np.arange(n) * length, "length": length}
+                  "slice": 0, "device": devices, "fold": fold, "offset": np.arange(n) * length, "length": length}
                  ).to_csv(root / "index.csv", index=False)
     np.save(root / f"{fold}.npy", clips.reshape(-1))
     return root
@@ -89,7 +90,7 @@ def test_crop_grid_equals_sample_by_sample_reference(present, clip, crop, hop):
 @pytest.fixture
 def store(tmp_path):
     return make_recordings_store(tmp_path, {"train": [[0, 1, 2, 3], [0, 2, 3], [1, 2], [0, 1, 2, 3, 4]],
-                                            "evaluate": [[0, 1]]}, clip_samples=100)
+                                            "evaluate": [[0, 1]]}, clip_samples=100, devices=("a", "b", "s1"))
 
 
 def test_crops_hold_the_grid_audio_labels_and_rows(store):
@@ -105,6 +106,8 @@ def test_crops_hold_the_grid_audio_labels_and_rows(store):
     torch.testing.assert_close(batch.wave, torch.from_numpy(expected).float(), rtol=0, atol=0)
     assert batch.label.tolist() == [SCENES.index(table.scene_label[r]) for r, _ in rows]
     assert batch.row.tolist() == list(range(crops.n_rows))
+    assert batch.device.tolist() == [DEVICES.index(table.device[r]) for r, _ in rows]  # for augment.dir
+    assert set(table.device) == {"a", "b", "s1"}
     assert torch.equal(torch.cat([b.wave for b in crops.grid_batches(4)]), batch.wave)
 
 
@@ -133,10 +136,11 @@ def test_ranks_split_each_full_batch(store):
 
 def test_clip_source_reads_clips_in_order(tmp_path):
     audio = np.arange(-600, 600, dtype=np.int16)
-    source = ClipSource(make_clip_store(tmp_path, "evaluate", audio.reshape(6, 200), ["bus", "park", "tram"] * 2),
-                        "evaluate")
+    source = ClipSource(make_clip_store(tmp_path, "evaluate", audio.reshape(6, 200), ["bus", "park", "tram"] * 2,
+                                        ["a", "b", "c", "s4", "s5", "s6"]), "evaluate")
     batches = list(source.batches(4))
     assert [len(b) for b in batches] == [4, 2]
     wave = torch.cat([b.wave for b in batches])
     torch.testing.assert_close(wave, torch.from_numpy(audio.reshape(6, 200) / 32768).float(), rtol=0, atol=0)
     assert torch.cat([b.label for b in batches]).tolist() == [SCENES.index(s) for s in ["bus", "park", "tram"] * 2]
+    assert torch.cat([b.device for b in batches]).tolist() == [0, 1, 2, 6, 7, 8]  # DEVICES a, b, c, s4, s5, s6

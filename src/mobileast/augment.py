@@ -1,6 +1,6 @@
 """Batched training augmentations, on the tensors' device.
 
-Waveform (B, samples): time shift, pitch shift, mixup, Gaussian noise.
+Waveform (B, samples): time shift, pitch shift, device impulse response, mixup, Gaussian noise.
 Log-mel spectrogram (B, 1, F, T): frequency-wise MixStyle, CutMix, time/frequency masking.
 
 Each op is a pure function of the batch and explicitly given per-sample parameters (so it
@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Keys of each params.yaml `augment:` section (all required, nothing else allowed).
-SECTIONS = {
-    "time_shift": {"enabled", "max_s"},
-    "pitch_shift": {"enabled", "max_semitones"},
-    "noise": {"enabled", "snr_db_min", "snr_db_max"},
-    "mixup": {"enabled", "alpha", "p"},
-    "masking": {"enabled", "freq_width", "time_width", "n_freq", "n_time"},
-    "cutmix": {"enabled", "alpha", "p"},
-    "mixstyle": {"enabled", "alpha", "p"},
-}
+from mobileast.data.audio import read_audio, resample
+from mobileast.errors import ParamsError
+from mobileast.labels import DEVICES
+from mobileast.schema import augmentations
+
+# Keys of each params.yaml `augment:` section (all required, nothing else allowed): the schema's.
+SECTIONS = {name: set(keys) for name, keys in augmentations().items()}
 
 
 @dataclass(frozen=True)
@@ -168,6 +167,51 @@ def _resample(x: Tensor, ratio: Tensor, n: int, oversample: int) -> Tensor:
     return (1 - weight) * fine.gather(1, left) + weight * fine.gather(1, left + 1)
 
 
+def convolve_ir(x: Tensor, irs: Tensor) -> Tensor:
+    """Each waveform x[i] (B, n) filtered by its impulse response irs[i] (B, taps): the causal
+    convolution sum_k irs[i, k] x[i, t - k] for t < n (the signal before the clip counts as
+    silence; taps at or beyond n cannot reach the clip), then scaled to the clip's own RMS
+    (the simulated device changes the spectrum, not the level). FFT convolution over the
+    batch, in float32 or wider; a silent clip stays silent.
+    """
+    n = x.shape[-1]
+    work = x.to(torch.promote_types(x.dtype, torch.float32))
+    irs = irs[:, :n].to(x.device, work.dtype)
+    size = _smooth_size(n + irs.shape[-1] - 1)  # no circular wrap into the first n samples
+    y = torch.fft.irfft(torch.fft.rfft(work, size) * torch.fft.rfft(irs, size), size)[:, :n]
+    gain = torch.sqrt(work.square().sum(-1, keepdim=True) / y.square().sum(-1, keepdim=True).clamp_min(1e-30))
+    return (y * gain).to(x.dtype)
+
+
+def load_impulse_responses(folder: str | Path, sample_rate: int, key: str = "dir.ir_dir") -> Tensor:
+    """The .wav files under `folder` (recursively, in path order) as mono impulse responses at
+    `sample_rate` (resampled with soxr where recorded at another rate), zero-padded into one
+    (files, longest) float32 tensor. Their scale does not matter (convolve_ir matches levels).
+
+    A missing folder, one without .wav files, an unreadable or all-zero file is a ParamsError
+    naming params `key` and the folder or file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ParamsError(f"{key}: {folder} is not a folder (download impulse responses into it with "
+                          f"`python -m mobileast download --micirp {folder}`)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
+    if not files:
+        raise ParamsError(f"{key}: no .wav files under {folder} (download impulse responses into it with "
+                          f"`python -m mobileast download --micirp {folder}`)")
+    irs = []
+    for path in files:
+        try:
+            wave, rate, _ = read_audio(path)
+        except (OSError, ValueError) as error:
+            raise ParamsError(f"{key}: {error}") from None
+        wave = resample(wave, rate, sample_rate)
+        if not np.any(wave):
+            raise ParamsError(f"{key}: {path} is silent (all samples 0): not an impulse response")
+        irs.append(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
+    return torch.nn.utils.rnn.pad_sequence(irs, batch_first=True)
+
+
 def add_noise(x: Tensor, snr_db: Tensor, noise: Tensor) -> Tensor:
     """x + noise scaled per sample to exactly snr_db[i] dB (power ratio over the clip)."""
     p_signal = x.square().mean(-1, keepdim=True)
@@ -295,36 +339,80 @@ def _random_bands(n: int, n_bands: int, max_width: int, length: int,
 class Augmenter:
     """The enabled augmentations of params.yaml `augment:`, with parameters drawn per batch.
 
-    Order: waveform time shift -> pitch shift -> mixup -> noise (noise is added last so it
-    is one recording condition of the mixture, at the drawn SNR of the mixture);
-    spectrogram MixStyle -> CutMix -> masking (masks last so no pasted box covers them).
+    Order: waveform time shift -> pitch shift -> device impulse response (DIR) -> mixup ->
+    noise. DIR filters the (shifted) scene as another device would record it: after the
+    shifts, so the device response is applied as measured (a pitch shift after it would
+    move it in frequency) and the convolution's start-up stays at the clip's start (a roll
+    after it would move it inside); before mixup, so each clip is filtered as its own
+    recording was; noise is added last so it is one recording condition of the mixture, at
+    the drawn SNR of the mixture. Spectrogram MixStyle -> CutMix -> masking (masks last so
+    no pasted box covers them).
     Mixup and CutMix are exclusive per batch: mixup happens with probability mixup.p; a
     batch that was not mixed up gets CutMix with probability cutmix.p. MixStyle mixes
     statistics only, not labels, so it returns no Mix. Random draws come from the given
     generator (create it on the batch's device to avoid host-device copies of noise); the
     yes/no decisions of a device generator from a CPU stream (HostDecisions), so a GPU
-    step never waits for the GPU.
+    step never waits for the GPU. A disabled augmentation draws nothing.
+
+    `irs`: DIR's impulse responses (load_impulse_responses of dir.ir_dir, read once by
+    from_params when dir is enabled; None otherwise), kept on the CPU and copied once to
+    each device the batches come on.
     """
     cfg: Mapping[str, Mapping[str, Any]]
     sample_rate: int
+    irs: Tensor | None = field(default=None, compare=False, repr=False)
     host: HostDecisions = field(default_factory=HostDecisions, compare=False, repr=False)
+    _on_device: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_params(cls, augment: Mapping[str, Any], sample_rate: int) -> "Augmenter":
-        """Validate the `augment:` section (exact sections and keys) and build."""
+        """Validate the `augment:` section (exact sections and keys) and build; with dir
+        enabled, read its impulse responses (ParamsError for a folder without any)."""
         if set(augment) != set(SECTIONS):
             raise ValueError(f"augment sections must be {sorted(SECTIONS)}, got {sorted(augment)}")
         for name, keys in SECTIONS.items():
             if set(augment[name]) != keys:
                 raise ValueError(f"augment.{name} keys must be {sorted(keys)}, got {sorted(augment[name])}")
-        return cls({k: dict(v) for k, v in augment.items()}, int(sample_rate))
+        cfg = {k: dict(v) for k, v in augment.items()}
+        irs = None
+        if cfg["dir"]["enabled"]:
+            irs = load_impulse_responses(cfg["dir"]["ir_dir"], int(sample_rate))
+        return cls(cfg, int(sample_rate), irs)
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """Files the augmentation reads (the IR folder when dir is enabled): inputs of a training run."""
+        return (Path(self.cfg["dir"]["ir_dir"]),) if self.irs is not None else ()
 
     def _on(self, name: str) -> Mapping[str, Any] | None:
         section = self.cfg[name]
         return section if section["enabled"] else None
 
-    def wave(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Mix | None]:
-        """Augment waveforms (B, samples); returns them and the Mix if mixup was applied."""
+    def _dir_tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(impulse responses, which DEVICES dir.devices holds as bools) on `device`, copied
+        there once: a per-step copy from the host would wait for the GPU."""
+        if device not in self._on_device:
+            wanted = torch.tensor([name in self.cfg["dir"]["devices"] for name in DEVICES])
+            self._on_device[device] = (self.irs.to(device), wanted.to(device))
+        return self._on_device[device]
+
+    def _dir(self, x: Tensor, devices: Tensor | None, cfg: Mapping[str, Any], gen: torch.Generator) -> Tensor:
+        """Clip i (recorded on DEVICES[devices[i]]) convolved with a uniformly drawn impulse
+        response with probability cfg["p"] if its device is in cfg["devices"], else kept."""
+        if devices is None:
+            raise ValueError("augment.dir is enabled but the batch carries no recording devices")
+        n = x.shape[0]
+        chance = torch.rand(n, generator=gen, device=gen.device).to(x.device)
+        pick = torch.randint(len(self.irs), (n,), generator=gen, device=gen.device).to(x.device)
+        irs, wanted = self._dir_tables(x.device)
+        chosen = (chance < cfg["p"]) & wanted[devices.to(x.device)]
+        return torch.where(chosen[:, None], convolve_ir(x, irs[pick]), x)
+
+    def wave(self, x: Tensor, gen: torch.Generator,
+             devices: Tensor | None = None) -> tuple[Tensor, Mix | None]:
+        """Augment waveforms (B, samples); returns them and the Mix if mixup was applied.
+        `devices` (B,): each clip's recording device as an index into mobileast.labels.DEVICES
+        (Batch.device), needed when dir is enabled."""
         n, mix = x.shape[0], None
         if cfg := self._on("time_shift"):
             max_shift = int(round(cfg["max_s"] * self.sample_rate))
@@ -332,6 +420,8 @@ class Augmenter:
         if cfg := self._on("pitch_shift"):
             x = pitch_shift(x, _uniform(n, -cfg["max_semitones"], cfg["max_semitones"], gen),
                             max_semitones=cfg["max_semitones"])
+        if cfg := self._on("dir"):
+            x = self._dir(x, devices, cfg, gen)
         if (cfg := self._on("mixup")) and _chance(cfg["p"], self.host(gen)):
             mix = Mix(torch.randperm(n, generator=gen, device=gen.device).to(x.device),
                       sample_beta(cfg["alpha"], n, gen).to(x.device))

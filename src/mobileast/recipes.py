@@ -81,7 +81,7 @@ def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillL
     autocast of it; augmentation, frontend and the loss always in fp32.
     """
     def step(net: nn.Module, batch: Batch, epoch: int, gen: torch.Generator):
-        wave, mix = augmenter.wave(batch.wave, gen)
+        wave, mix = augmenter.wave(batch.wave, gen, batch.device)
         spec, mix = augmenter.spec(frontend(wave), gen, mix)
         with autocast(precision, spec.device):
             logits = net(spec)
@@ -124,7 +124,8 @@ def _train(stage: str, model: nn.Module, meta: dict[str, Any], prefix: str, para
     validate = classification_validator(evaluate_clips(resampled, sample_rate, _rate_key(meta)), frontend,
                                         int(section["batch_size"]), rt, precision)
     with tracking.start_run(stage, params):
-        fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params, inputs=inputs)
+        fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params,
+            inputs=(*inputs, *augmenter.inputs))
 
 
 def _section(params: Mapping[str, Any], key: str) -> Mapping[str, Any]:

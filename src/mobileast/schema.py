@@ -164,6 +164,12 @@ def augmentations() -> dict[str, Any]:
                     "n_time": number("int", "time masks per example", 0)},
         "cutmix": mixing("CutMix of the log-mel"),
         "mixstyle": mixing("frequency MixStyle of the log-mel (mixes statistics, not labels)"),
+        "dir": {"enabled": flag("device impulse response augmentation: convolve clips with a recorded "
+                                "microphone impulse response (simulates other devices)", default=False),
+                "p": probability("probability that a clip of one of `devices` is convolved", default=0.4),
+                "ir_dir": text("folder searched recursively for the impulse responses (.wav, any sample rate; "
+                               "a DVC dependency of the training stage even while disabled)", default="data/irs"),
+                "devices": names("recording devices whose clips may be convolved", *DEVICES, default=["a"])},
     }
 
 

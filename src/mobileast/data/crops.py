@@ -18,7 +18,7 @@ import torch
 
 from mobileast.errors import ParamsError
 
-from mobileast.labels import SCENES
+from mobileast.labels import DEVICES, SCENES
 from mobileast.data.store import read_index, read_recordings
 
 
@@ -52,7 +52,9 @@ def crop_grid(slices_present: str | Sequence[int], clip_samples: int, crop_sampl
 
 @dataclass
 class Batch:
-    """Waveforms (B, samples) float32 in [-1, 1], class indices (B,) and rows (B,).
+    """Waveforms (B, samples) float32 in [-1, 1], class indices (B,), rows (B,) and, for
+    clips of the dataset, their recording devices (B,) as indices into
+    mobileast.labels.DEVICES (None for audio of unknown device, e.g. `predict`'s files).
 
     `row` indexes the fold's teacher-logits array: for recording crops
     row_offsets[recording] + grid index, for clips the clip's position in the fold.
@@ -61,14 +63,17 @@ class Batch:
     wave: torch.Tensor
     label: torch.Tensor
     row: torch.Tensor
+    device: torch.Tensor | None = None
+
+    def _map(self, fn) -> Batch:
+        return Batch(fn(self.wave), fn(self.label), fn(self.row), None if self.device is None else fn(self.device))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(self.wave.to(device, non_blocking=non_blocking), self.label.to(device, non_blocking=non_blocking),
-                     self.row.to(device, non_blocking=non_blocking))
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
         """A copy in page-locked memory, for non-blocking copies to a GPU."""
-        return Batch(self.wave.pin_memory(), self.label.pin_memory(), self.row.pin_memory())
+        return self._map(torch.Tensor.pin_memory)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -81,12 +86,22 @@ def _gather(audio: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
     return torch.from_numpy(wave).float().div_(32768.0)
 
 
+def _indices(values: pd.Series, names: Sequence[str], what: str) -> np.ndarray:
+    """Names -> their positions in `names` (int64); an unknown name is a ValueError."""
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {what}: {sorted(unknown)}")
+    return np.array(values.map({s: i for i, s in enumerate(names)}), dtype=np.int64)
+
+
 def _labels(scene_labels: pd.Series) -> np.ndarray:
     """Scene names -> class index (position in SCENES)."""
-    unknown = set(scene_labels) - set(SCENES)
-    if unknown:
-        raise ValueError(f"unknown scene labels: {sorted(unknown)}")
-    return np.array(scene_labels.map({s: i for i, s in enumerate(SCENES)}), dtype=np.int64)
+    return _indices(scene_labels, SCENES, "scene labels")
+
+
+def _devices(devices: pd.Series) -> np.ndarray:
+    """Recording device names -> index (position in DEVICES)."""
+    return _indices(devices, DEVICES, "devices")
 
 
 class RecordingCrops:
@@ -108,6 +123,7 @@ class RecordingCrops:
         self.audio = np.load(Path(audio_dir or store_dir) / f"{fold}.npy", mmap_mode="r")
         self.crop_samples, self.crops_per_recording, self.seed = crop_samples, crops_per_recording, seed
         self.labels = _labels(self.table["scene_label"])
+        self.devices = _devices(self.table["device"])
         grids = [crop_grid(s, c, crop_samples, hop_samples)
                  for s, c in zip(self.table["slices_present"], self.table["clip_samples"])]
         if any(len(g) == 0 for g in grids):
@@ -166,8 +182,10 @@ class RecordingCrops:
     def load(self, rows: np.ndarray) -> Batch:
         """The crops at the given grid rows."""
         rows = np.asarray(rows, dtype=np.int64)
+        recordings = self.recording_of(rows)
         return Batch(_gather(self.audio, self.crop_starts[rows], self.crop_samples),
-                     torch.from_numpy(self.labels[self.recording_of(rows)]), torch.from_numpy(rows))
+                     torch.from_numpy(self.labels[recordings]), torch.from_numpy(rows),
+                     torch.from_numpy(self.devices[recordings]))
 
 
 def hop_samples(hop_s: float, sample_rate: int, key: str) -> int:
@@ -218,6 +236,7 @@ class ClipSource:
         self.audio = np.load(store_dir / f"{fold}.npy", mmap_mode="r")
         self.offsets = self.table["offset"].to_numpy(np.int64)
         self.labels = _labels(self.table["scene_label"])
+        self.devices = _devices(self.table["device"])
 
     def __len__(self) -> int:
         return len(self.table)
@@ -228,4 +247,5 @@ class ClipSource:
         for begin in range(rank * batch_size, len(self), world_size * batch_size):
             rows = np.arange(begin, min(begin + batch_size, len(self)))
             yield Batch(_gather(self.audio, self.offsets[rows], self.clip_samples),
-                        torch.from_numpy(self.labels[rows]), torch.from_numpy(rows))
+                        torch.from_numpy(self.labels[rows]), torch.from_numpy(rows),
+                        torch.from_numpy(self.devices[rows]))
