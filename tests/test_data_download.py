@@ -175,3 +175,56 @@ def test_an_unreachable_server_is_one_line(zenodo, tmp_path, monkeypatch, capsys
     assert download.main([str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("download: x.meta.zip: cannot reach http://127.0.0.1:1/x.meta.zip (") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- MicIRP impulse responses
+
+def test_micirp_files_are_named_and_pinned():
+    assert len(download.MICIRP_FILES) == 66 and all(name.endswith(".wav") for name in download.MICIRP_FILES)
+    assert all(len(md5) == 32 and int(md5, 16) >= 0 for md5 in download.MICIRP_FILES.values())
+    assert "/2e20abaa64264f227c50696e5a43d4c706543ff4/" in download.MICIRP_URL  # a fixed commit: fixed bytes
+
+
+@pytest.fixture
+def micirp(monkeypatch):
+    """Two impulse responses served locally, one with a name that must be URL-quoted."""
+    server = Zenodo()
+    files = {"B&O_BM2.wav": server.publish("B%26O_BM2.wav", b"RIFF" + bytes(range(200))),
+             "Altec_639.wav": server.publish("Altec_639.wav", b"RIFF" + bytes(range(100, 250)))}
+    monkeypatch.setattr(download, "MICIRP_FILES", files)
+    monkeypatch.setattr(download, "MICIRP_URL", server.url)
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_micirp_download_verifies_each_file_and_leaves_only_them(micirp, tmp_path, capsys):
+    dest = tmp_path / "irs"
+    assert download.main(["--micirp", str(dest)]) == 0
+    assert {p.name: file_md5(p) for p in dest.iterdir()} == download.MICIRP_FILES  # no scratch folder left
+    assert f"augment.dir.ir_dir: {dest}" in capsys.readouterr().out
+    micirp.requests.clear()
+    assert download.main(["--micirp", str(dest)]) == 0 and micirp.requests == []  # verified files are kept
+
+
+def test_micirp_resumes_a_broken_file_and_refetches_a_corrupt_one(micirp, tmp_path):
+    dest = tmp_path / "irs"
+    (dest / download.SCRATCH).mkdir(parents=True)
+    (dest / download.SCRATCH / "Altec_639.wav.part").write_bytes(micirp.files["Altec_639.wav"][:50])
+    (dest / "B&O_BM2.wav").write_bytes(b"corrupt")
+    download.download_files(dest, download.MICIRP_FILES, micirp.url)
+    assert micirp.requests == [("B%26O_BM2.wav", None), ("Altec_639.wav", "bytes=50-")]
+    assert {p.name: file_md5(p) for p in dest.iterdir()} == download.MICIRP_FILES
+
+
+def test_micirp_errors_are_one_line_naming_the_file(micirp, tmp_path, monkeypatch, capsys):
+    micirp.failing.add("Altec_639.wav")
+    assert download.main(["--micirp", str(tmp_path / "irs")]) == 1
+    assert capsys.readouterr().err == ("download: Altec_639.wav: HTTP 503 Service Unavailable from "
+                                       f"{micirp.url.format(name='Altec_639.wav')}\n")
+    monkeypatch.setitem(download.MICIRP_FILES, "Altec_639.wav", "0" * 32)
+    micirp.failing.clear()
+    assert download.main(["--micirp", str(tmp_path / "irs")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("download: Altec_639.wav: md5 ") and err.count("\n") == 1
+    assert not (tmp_path / "irs" / "Altec_639.wav").exists()
