@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from mobileast.augment import Augmenter
@@ -15,6 +16,7 @@ from mobileast.params import load_params
 from mobileast.data.crops import train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
+from mobileast.features import LogMel
 from mobileast.models import build_preset, model_spec
 from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints, load_logits, supervised_step, train_student
 from mobileast.train import Outputs
@@ -159,5 +161,33 @@ def test_a_batch_larger_than_an_epoch_names_what_to_change(stores, dumped, tmp_p
               "train": {**params["train"], "batch_size": 256, "crops_per_recording": 2}, "logits": PARAMS["logits"]}
     with pytest.raises(ParamsError, match=r"train.batch_size 256 is larger than the crops of one epoch \(12 train "
                                           r"recordings x train.crops_per_recording 2\): lower it"):
+        train_student(params, *stores, dumped, Outputs(model=tmp_path / "student.pt"))
+    assert not (tmp_path / "student.pt").exists()
+
+
+def test_the_step_convolves_the_clips_of_the_dir_devices(stores, tmp_path):
+    """The step hands each clip's recording device to the augmenter: with augment.dir on (p 1,
+    devices [a], the stores' device) the frontend sees the convolved crops."""
+    sf.write(tmp_path / "ir.wav", np.array([1.0, -0.9, 0.5]), RATE, subtype="FLOAT")
+    only_dir = {name: {**section, "enabled": name == "dir"} for name, section in AUGMENT.items()}
+    only_dir["dir"].update(p=1.0, ir_dir=str(tmp_path), devices=["a"])
+    augmenter = Augmenter.from_params(only_dir, RATE)
+    seen = []
+    frontend = LogMel(**FEATURES).eval()
+    step = supervised_step(lambda wave: seen.append(wave) or frontend(wave), augmenter, DistillLoss(method="none"))
+    batch = next(student_crops(stores).epoch_batches(epoch=0, batch_size=8))
+    assert set(batch.device.tolist()) == {0}  # device a
+    step(build_preset("sub4", input_size=(16, 16)).eval(), batch, 0, torch.Generator().manual_seed(9))
+    expected, _ = augmenter.wave(batch.wave, torch.Generator().manual_seed(9), batch.device)
+    assert torch.equal(seen[0], expected) and not torch.equal(expected, batch.wave)
+
+
+def test_dir_without_impulse_responses_stops_training_naming_the_key(stores, dumped, tmp_path):
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    (tmp_path / "irs").mkdir()
+    augment = {**params["augment"], "dir": {**params["augment"]["dir"], "enabled": True, "ir_dir": str(tmp_path / "irs")}}
+    params = {**params, "features": FEATURES, "student": {"preset": "sub4", "custom": {}}, "augment": augment,
+              "train": {**params["train"], "batch_size": 8, "crops_per_recording": 2}, "logits": PARAMS["logits"]}
+    with pytest.raises(ParamsError, match=f"section 'augment': dir.ir_dir: no .wav files under {tmp_path / 'irs'}"):
         train_student(params, *stores, dumped, Outputs(model=tmp_path / "student.pt"))
     assert not (tmp_path / "student.pt").exists()
