@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import warnings
 import os
 import shutil
 import subprocess
@@ -16,13 +18,17 @@ import pytest
 import torch
 from torch import nn
 
+from mobileast.errors import ParamsError
 from mobileast.labels import SCENES
 
 from mobileast.params import load_params
 from mobileast.data.crops import ClipSource, RecordingCrops
 from mobileast.features import LogMel
-from mobileast.train import (Outputs, Schedule, TrainSettings, classification_validator, file_identity, fit,
-                             runtime)
+from mobileast.training.checkpoint import Outputs, file_identity
+from mobileast.training.distributed import runtime
+from mobileast.training.engine import classification_validator, fit
+from mobileast.training.schedule import Schedule, decay_end
+from mobileast.training.settings import TrainSettings
 from test_crops import make_clip_store, make_recordings_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,18 +77,18 @@ def train_settings(epochs=4, **schedule) -> TrainSettings:
                                                "decay_end_epoch": epochs, "min_lr": 1e-4} | schedule)))
 
 
-def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume_key=None):
-    """One tiny training run writing to `out`; returns (fit result, final state_dict)."""
+def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume_key=None, **callbacks):
+    """One tiny training run writing to `out`; returns (history rows, final state_dict)."""
     recordings, clips = stores
     with runtime(settings.seed) as rt:
         model = tiny_model()
         frontend = LogMel(**FEATURES).to(rt.device)
         data = RecordingCrops(recordings, "train", CLIP, 200, crops_per_recording=4, seed=settings.seed)
         validate = classification_validator(ClipSource(clips, "evaluate"), frontend, 8, rt.device)
-        result = fit(model, ce_step(frontend, fail_at_epoch), data, settings,
-                     Outputs(out / "model.pt", out / "last.pt", out / "best.pt", out / "history.csv"), META, rt,
-                     validate_fn=validate, resume_key=resume_key, inputs=stores)
-    return result, model.state_dict()
+        history = fit(model, ce_step(frontend, fail_at_epoch), data, settings,
+                      Outputs(out / "model.pt", out / "last.pt", out / "history.csv"), META, rt,
+                      validate_fn=validate, resume_key=resume_key, inputs=stores, **callbacks)
+    return history, model.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +101,10 @@ def reference_run(stores, tmp_path_factory):
     """An uninterrupted 4-epoch run, shared by the tests that compare against it."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reference")
-    return (*train(stores, out, train_settings()), out)
+    calls = []
+    history, state = train(stores, out, train_settings(), on_epoch=lambda metrics, epoch: calls.append((epoch, metrics)),
+                           on_checkpoint=lambda path: calls.append((path.name, torch.load(path)["epoch"])))
+    return history, state, out, calls
 
 
 def test_schedule_tau22_student_recipe():
@@ -121,6 +130,63 @@ def test_schedule_linear_warmup_cosine_and_constant():
             Schedule(**bad)
 
 
+def test_decay_end_follows_the_epochs():
+    assert decay_end(None, 12) == 12 and decay_end(-2, 12) == 10 and decay_end(10, 12) == 10
+    assert decay_end(-200, 600) == 400 and decay_end(-2.5, 12) == 9.5 and decay_end(12, 12) == 12
+    assert type(decay_end(-2, 12)) is int  # the arithmetic of the absolute integer it stands for
+    for bad in (-12, -20, "10", True):
+        with pytest.raises(ParamsError, match="train.schedule.decay_end_epoch"):
+            decay_end(bad, 12, "train.schedule.decay_end_epoch")
+
+
+def test_a_stale_absolute_decay_end_is_warned_about():
+    """`-S train.epochs=40` with the demo's old absolute end 10: 30 of 40 epochs at min_lr."""
+    section = {**load_params(REPO / "params.yaml")["train"], "epochs": 40}
+    section["schedule"] = {**section["schedule"], "decay_end_epoch": 10}
+    with pytest.warns(UserWarning, match=r"train.schedule.decay_end_epoch 10 leaves 30 of the 40 epochs at min_lr"):
+        assert TrainSettings.from_params(section, 0, "train").schedule.decay_end_epoch == 10
+    section["schedule"]["decay_end_epoch"] = 50
+    with pytest.warns(UserWarning, match=r"train.schedule.decay_end_epoch 50 is past the last of the 40 epochs"):
+        TrainSettings.from_params(section, 0, "train")
+    for fine in (None, -2, 20, 40):  # relative, or at least half of the run decaying
+        section["schedule"]["decay_end_epoch"] = fine
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            TrainSettings.from_params(section, 0, "train")
+    section["schedule"] = {**section["schedule"], "decay": "constant", "decay_end_epoch": 5}
+    with warnings.catch_warnings():  # a constant schedule has no decay to end
+        warnings.simplefilter("error")
+        TrainSettings.from_params(section, 0, "train")
+    section["schedule"] = {**section["schedule"], "decay": "linear", "decay_end_epoch": -45}
+    with pytest.raises(ParamsError, match=r"section 'train': train.schedule.decay_end_epoch -45 counts back past "
+                                          r"the start of the 40 epochs"):
+        TrainSettings.from_params(section, 0, "train")
+
+
+PROJECT_SCHEDULES = [  # (params section, profile or None, the absolute decay end these runs always had)
+    ("train", None, 10), ("teacher.train", None, 30), ("train", "tau22-sub1", 400), ("teacher.train", "tau22-passt", 250)]
+
+
+@pytest.mark.parametrize("key, profile, absolute", PROJECT_SCHEDULES)
+def test_project_schedules_are_the_absolute_ones_they_replace(key, profile, absolute):
+    """The relative decay ends of params.yaml and the profiles give exactly the learning
+    rates (and settings, hence resume fingerprints) of the absolute values they replaced."""
+    from mobileast import profiles
+
+    params = load_params(REPO / "params.yaml")
+    if profile is not None:
+        params = profiles.apply(params, profiles.load_profile(profile, profiles.profiles_dir(REPO)).overrides)
+    section = params["teacher"]["train"] if key == "teacher.train" else params["train"]
+    settings = TrainSettings.from_params(section, params["seed"], key)
+    old = TrainSettings.from_params({**section, "schedule": {**section["schedule"], "decay_end_epoch": absolute}},
+                                    params["seed"], key)
+    assert settings == old and json.dumps(dataclasses.asdict(settings)) == json.dumps(dataclasses.asdict(old))
+    steps = 7  # fractional epochs as the engine sets them (epoch + step / steps)
+    progress = [epoch + step / steps for epoch in range(settings.epochs) for step in range(steps)]
+    assert [settings.schedule.lr(settings.lr, t) for t in progress] == [old.schedule.lr(old.lr, t) for t in progress]
+    assert settings.schedule.lr(settings.lr, absolute) == section["schedule"]["min_lr"]
+
+
 def test_settings_from_project_params():
     params = load_params(REPO / "params.yaml")
     for section in (params["teacher"]["train"], params["train"]):
@@ -130,25 +196,26 @@ def test_settings_from_project_params():
 
 
 def test_tiny_training_learns_and_writes_outputs(reference_run):
-    result, state, out = reference_run
-    history = result.history
+    history, state, out, calls = reference_run
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_accuracy"] > 0.3  # chance is 0.1
     assert history[0]["lr"] == pytest.approx(0.01 * math.exp(-5))
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), pd.DataFrame(history), check_dtype=False)
     assert not (out / "last.pt").exists()  # the resume checkpoint goes once the run is complete
-    last, best = torch.load(out / "model.pt"), torch.load(out / "best.pt")
-    assert {k: last[k] for k in META} == META and last["epoch"] == 4
-    assert best["epoch"] == result.best["epoch"]
-    assert result.best["val_accuracy"] == max(row["val_accuracy"] for row in history)
+    last = torch.load(out / "model.pt")
+    assert {k: last[k] for k in META} == META and last["epoch"] == 4 and last["history"] == history
     for key, value in state.items():
         torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0)
+    # the callbacks: every epoch's checkpoint (already written) and row, then the final model
+    expected = [call for row in history
+                for call in (("last.pt", row["epoch"]), (row["epoch"], {k: v for k, v in row.items() if k != "epoch"}))]
+    assert calls == expected + [("model.pt", 4)]
 
 
 def test_same_seed_gives_identical_runs(stores, reference_run, tmp_path):
     result, state = train(stores, tmp_path, train_settings())
-    assert result.history == reference_run[0].history
+    assert result == reference_run[0]
     for key, value in state.items():
         torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
 
@@ -158,7 +225,7 @@ def test_resumed_run_equals_uninterrupted_run(stores, reference_run, tmp_path):
         train(stores, tmp_path, train_settings(), fail_at_epoch=2, resume_key={"dkd": 1})
     assert torch.load(tmp_path / "last.pt")["epoch"] == 2 and not (tmp_path / "model.pt").exists()
     result, state = train(stores, tmp_path, train_settings(), resume_key={"dkd": 1})
-    assert result.history == reference_run[0].history
+    assert result == reference_run[0]
     for key, value in state.items():
         torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
     ref_last, last = torch.load(reference_run[2] / "model.pt"), torch.load(tmp_path / "model.pt")
@@ -170,7 +237,7 @@ def test_complete_resume_checkpoint_gives_the_model_without_training(stores, ref
     last = torch.load(reference_run[2] / "model.pt")  # the final model is the last epoch's checkpoint ...
     torch.save({**last, "inputs": file_identity(stores)}, tmp_path / "last.pt")  # ... as the resume file holds it
     result, state = train(stores, tmp_path, train_settings(), fail_at_epoch=0)  # any epoch would raise
-    assert result.history == reference_run[0].history and not (tmp_path / "last.pt").exists()
+    assert result == reference_run[0] and not (tmp_path / "last.pt").exists()
     for key, value in state.items():
         torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
     assert torch.load(tmp_path / "model.pt")["epoch"] == 4
@@ -180,9 +247,9 @@ def test_checkpoint_of_other_settings_is_not_resumed(stores, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(stores, tmp_path, train_settings(epochs=3), fail_at_epoch=1, resume_key={"dkd": 1})
     result, _ = train(stores, tmp_path, train_settings(epochs=3), fail_at_epoch=None, resume_key={"dkd": 2})
-    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert [row["epoch"] for row in result] == [1, 2, 3]
     fresh, _ = train(stores, tmp_path / "fresh", train_settings(epochs=3), resume_key={"dkd": 2})
-    assert result.history == fresh.history
+    assert result == fresh
 
 
 
@@ -195,7 +262,7 @@ def test_checkpoint_made_before_the_input_data_changed_is_not_resumed(stores, tm
     np.save(train_audio, 0.5 * np.load(train_audio))
     result, _ = train(copies, tmp_path / "out", train_settings(epochs=3))
     fresh, _ = train(copies, tmp_path / "fresh", train_settings(epochs=3))
-    assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.history == fresh.history
+    assert [row["epoch"] for row in result] == [1, 2, 3] and result == fresh
 
 
 def test_final_model_bytes_do_not_depend_on_the_inputs_file_times(stores, reference_run, tmp_path):
@@ -236,7 +303,8 @@ from pathlib import Path
 torch.set_num_threads(1)
 from mobileast.data.crops import ClipSource
 from mobileast.features import LogMel
-from mobileast.train import classification_validator, runtime
+from mobileast.training.distributed import runtime
+from mobileast.training.engine import classification_validator
 from test_train import FEATURES, tiny_model
 clips, out = map(Path, sys.argv[1:3])
 with runtime() as rt:  # every rank validates its share of an odd number of batches
@@ -286,19 +354,22 @@ def test_fit_logs_every_epoch_to_the_active_mlflow_run(stores, tmp_path, monkeyp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with tracking.start_run("teacher_train", {"teacher": {"train": {"epochs": 2}}}) as run:
-        result, _ = train(stores, tmp_path, train_settings(epochs=2))
+        history, _ = train(stores, tmp_path, train_settings(epochs=2), on_epoch=tracking.log_metrics)
     client = MlflowClient(uri)
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert [(m.step, m.value) for m in history] == [(row["epoch"], row["val_accuracy"]) for row in result.history]
+    logged = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in logged] == [(row["epoch"], row["val_accuracy"]) for row in history]
+    for key in ("lr", "train_loss", "train_accuracy", "val_loss"):
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == \
+            [(row["epoch"], row[key]) for row in history], key
+    assert "epoch" not in client.get_run(run.info.run_id).data.metrics
     assert client.get_run(run.info.run_id).data.params == {"teacher.train.epochs": "2"}
 
 
 def test_validate_every_validates_on_its_epochs_and_the_last(stores, tmp_path):
     from mobileast.plots import plot_history
 
-    result, _ = train(stores, tmp_path, dataclasses.replace(train_settings(epochs=5), validate_every=2))
-    assert [("val_accuracy" in row) for row in result.history] == [False, True, False, True, True]
-    assert result.best["epoch"] in (2, 4, 5)
+    history, _ = train(stores, tmp_path, dataclasses.replace(train_settings(epochs=5), validate_every=2))
+    assert [("val_accuracy" in row) for row in history] == [False, True, False, True, True]
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["val_loss"].isna().tolist() == [True, False, True, False, False]
     plot_history(tmp_path / "history.csv", tmp_path / "history.png")
