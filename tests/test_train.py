@@ -132,11 +132,11 @@ def test_schedule_linear_warmup_cosine_and_constant():
 
 def test_decay_end_follows_the_epochs():
     assert decay_end(None, 12) == 12 and decay_end(-2, 12) == 10 and decay_end(10, 12) == 10
-    assert decay_end(-200, 600) == 400 and decay_end(-2.5, 12) == 9.5 and decay_end(12, 12) == 12
+    assert decay_end(-200, 600, 30) == 400 and decay_end(-2.5, 12) == 9.5 and decay_end(12, 12) == 12
     assert type(decay_end(-2, 12)) is int  # the arithmetic of the absolute integer it stands for
-    for bad in (-12, -20, "10", True):
+    for bad in (-12, -20, 0, "10", True):
         with pytest.raises(ParamsError, match="train.schedule.decay_end_epoch"):
-            decay_end(bad, 12, "train.schedule.decay_end_epoch")
+            decay_end(bad, 12, 0.0, "train.schedule.decay_end_epoch")
 
 
 def test_a_stale_absolute_decay_end_is_warned_about():
@@ -153,13 +153,27 @@ def test_a_stale_absolute_decay_end_is_warned_about():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             TrainSettings.from_params(section, 0, "train")
-    section["schedule"] = {**section["schedule"], "decay": "constant", "decay_end_epoch": 5}
-    with warnings.catch_warnings():  # a constant schedule has no decay to end
-        warnings.simplefilter("error")
-        TrainSettings.from_params(section, 0, "train")
-    section["schedule"] = {**section["schedule"], "decay": "linear", "decay_end_epoch": -45}
-    with pytest.raises(ParamsError, match=r"section 'train': train.schedule.decay_end_epoch -45 counts back past "
-                                          r"the start of the 40 epochs"):
+    for value in (5, None):  # a constant schedule has no decay to end
+        section["schedule"] = {**section["schedule"], "decay": "constant", "decay_end_epoch": value}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert TrainSettings.from_params(section, 0, "train").schedule.lr(1.0, 39) == 1.0
+
+
+def test_a_relative_decay_end_inside_the_warm_up_ends_with_it():
+    """A one-epoch trial of a long recipe (warm-up over 30 epochs) runs the recipe's warm-up."""
+    section = load_params(REPO / "params.yaml")["train"]
+    section = {**section, "epochs": 1,
+               "schedule": {**section["schedule"], "warmup_epochs": 30, "decay_end_epoch": -200}}
+    with pytest.warns(UserWarning, match=r"train.schedule.decay_end_epoch -200 resolves to epoch -199 of 1, inside "
+                                         r"the warm-up \(to epoch 30\)"):
+        settings = TrainSettings.from_params(section, 0, "train")
+    recipe = Schedule(warmup="exp", warmup_epochs=30, decay="linear", decay_end_epoch=400, min_lr=1e-5)
+    assert settings.schedule.decay_end_epoch == 30
+    assert [settings.schedule.lr(1e-3, t / 10) for t in range(10)] == [recipe.lr(1e-3, t / 10) for t in range(10)]
+    section["schedule"] = {**section["schedule"], "warmup": "none", "decay_end_epoch": -1}
+    with pytest.raises(ParamsError, match=r"section 'train': train.schedule.decay_end_epoch -1 counts back to "
+                                          r"epoch 0, not after the start of the 1 epochs"):
         TrainSettings.from_params(section, 0, "train")
 
 

@@ -60,7 +60,8 @@ class Schedule:
         return self.min_lr + (peak - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def decay_end(value: float | None, epochs: int, key: str = "schedule.decay_end_epoch", warn: bool = True) -> float:
+def decay_end(value: float | None, epochs: int, warmup_end: float = 0.0,
+              key: str = "schedule.decay_end_epoch") -> float:
     """The absolute epoch at which the decay ends, from the params value `key`, so that the
     schedule follows `epochs` when a run is made longer or shorter:
 
@@ -69,27 +70,29 @@ def decay_end(value: float | None, epochs: int, key: str = "schedule.decay_end_e
     that epoch, as given. An integer value gives an integer, so the schedule's arithmetic
     is that of the absolute value it stands for.
 
-    A positive value that leaves more than half of the epochs at min_lr, or one past the
-    last epoch (min_lr is never reached), is kept but warned about (unless `warn` is
-    false: a constant schedule has no decay): both are what a stale absolute value looks
-    like after `train.epochs` was changed.
+    A relative end that falls inside the warm-up (`warmup_end`, e.g. a short trial run of
+    a long recipe) moves to the warm-up's end, with a warning: the run's learning rates
+    are then those of the warm-up, as the recipe has them. A positive value that leaves
+    more than half of the epochs at min_lr, or one past the last epoch (min_lr is never
+    reached), is kept but warned about: both are what a stale absolute value looks like
+    after `epochs` was changed.
     """
-    if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+    if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))) or value == 0:
         raise ParamsError(f"{key} must be null (the last epoch), a negative number of epochs before the end or "
                           f"a positive epoch, got {value!r}")
-    if value is None:
-        return epochs
-    if value < 0:
-        end = epochs + value
-        if end <= 0:
-            raise ParamsError(f"{key} {value} counts back past the start of the {epochs} epochs")
-        return end
-    if not warn:
+    if value is not None and value > 0:
+        if value > epochs:
+            warnings.warn(f"{key} {value} is past the last of the {epochs} epochs: the learning rate never decays "
+                          "to min_lr (null ends the decay at the last epoch)", stacklevel=2)
+        elif epochs - value > epochs / 2:
+            warnings.warn(f"{key} {value} leaves {epochs - value:g} of the {epochs} epochs at min_lr (null ends "
+                          "the decay at the last epoch, a negative value counts back from it)", stacklevel=2)
         return value
-    if value > epochs:
-        warnings.warn(f"{key} {value} is past the last of the {epochs} epochs: the learning rate never decays "
-                      "to min_lr (null ends the decay at the last epoch)", stacklevel=2)
-    elif epochs - value > epochs / 2:
-        warnings.warn(f"{key} {value} leaves {epochs - value:g} of the {epochs} epochs at min_lr (null ends the "
-                      f"decay at the last epoch, a negative value counts back from it)", stacklevel=2)
-    return value
+    end = epochs if value is None else epochs + value
+    if end < warmup_end or end <= 0:
+        if warmup_end <= 0:
+            raise ParamsError(f"{key} {value} counts back to epoch {end:g}, not after the start of the {epochs} epochs")
+        warnings.warn(f"{key} {value} resolves to epoch {end:g} of {epochs}, inside the warm-up (to epoch "
+                      f"{warmup_end:g}): the decay ends with the warm-up instead", stacklevel=2)
+        return warmup_end
+    return end

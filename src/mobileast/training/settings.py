@@ -49,10 +49,11 @@ class TrainSettings:
         A bad value raises ParamsError naming the section."""
         with params_errors(f"section '{name}'"):
             epochs = int(section["epochs"])
-            schedule = dict(section.get("schedule", {}))
-            schedule["decay_end_epoch"] = decay_end(schedule.get("decay_end_epoch"), epochs,
-                                                    f"{name}.schedule.decay_end_epoch",
-                                                    warn=schedule.get("decay", "constant") != "constant")
+            schedule = {k: v for k, v in section.get("schedule", {}).items() if v is not None}
+            if schedule.get("decay", "constant") != "constant":  # (a constant schedule has no decay to end)
+                warmup = Schedule(**{k: v for k, v in schedule.items() if k.startswith("warmup")})
+                schedule["decay_end_epoch"] = decay_end(section["schedule"].get("decay_end_epoch"), epochs,
+                                                        warmup.warmup_length, f"{name}.schedule.decay_end_epoch")
             return cls(epochs=epochs, batch_size=int(section["batch_size"]),
                        lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.0)),
                        optimizer=section.get("optimizer", "adam"),
