@@ -20,7 +20,7 @@ from mobileast.launch import prepare
 from mobileast.models import build_student, model_spec
 from mobileast.params import stage_params
 from mobileast.plots import plot_history
-from mobileast.training.checkpoint import Outputs, resume_path
+from mobileast.training.checkpoint import Outputs, resume_path, stage_code
 from mobileast.training.distributed import runtime
 from mobileast.training.engine import EpochCallback
 from mobileast.training.supervised import train_supervised
@@ -58,7 +58,8 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
                 "input": "logmel", "params": dict(params)}  # what it was trained with, for `submit`
         train_supervised(model, meta, "", params, loss_fn, resampled, data, outputs, rt,
-                         (recordings, resampled, logits_dir), teacher_logits, on_epoch=on_epoch)
+                         (recordings, resampled, logits_dir), stage_code(__file__), teacher_logits,
+                         on_epoch=on_epoch)
 
 
 def main() -> None:
@@ -66,12 +67,12 @@ def main() -> None:
     status = prepare(int(params["train"]["nproc"]), __spec__.name)  # GPUs; torchrun when nproc > 1
     if status is not None:
         raise SystemExit(status)
+    outputs = Outputs(model=Path("models/student.pt"), resume=resume_path("student_train"), history=HISTORY)
     with tracking.start_run("student_train", params):
-        train_student(params, RECORDINGS_DIR, RESAMPLED_DIR, LOGITS,
-                      Outputs(model=Path("models/student.pt"), resume=resume_path("student_train"), history=HISTORY),
-                      on_epoch=tracking.log_metrics)
+        train_student(params, RECORDINGS_DIR, RESAMPLED_DIR, LOGITS, outputs, on_epoch=tracking.log_metrics)
     if tracking.is_main_process():
         plot_history(HISTORY, HISTORY.with_suffix(".png"), "student")
+        outputs.discard_resume()  # the stage's outputs are all written
 
 
 if __name__ == "__main__":

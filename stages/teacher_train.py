@@ -12,7 +12,7 @@ from mobileast.launch import prepare
 from mobileast.params import stage_params
 from mobileast.plots import plot_history
 from mobileast.teachers import build_teacher
-from mobileast.training.checkpoint import Outputs, resume_path
+from mobileast.training.checkpoint import Outputs, resume_path, stage_code
 from mobileast.training.distributed import runtime
 from mobileast.training.engine import EpochCallback
 from mobileast.training.supervised import rate_key, train_supervised
@@ -39,7 +39,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
                            rate_key(meta), int(section["crops_per_recording"]), params["seed"])
         train_supervised(model, meta, "teacher.", params, DistillLoss.cross_entropy(), resampled, data, outputs, rt,
-                         (recordings, resampled), drop_logs=("kd",), on_epoch=on_epoch)
+                         (recordings, resampled), stage_code(__file__), drop_logs=("kd",), on_epoch=on_epoch)
 
 
 def main() -> None:
@@ -47,12 +47,12 @@ def main() -> None:
     status = prepare(int(params["teacher"]["train"]["nproc"]), __spec__.name)  # GPUs; torchrun when nproc > 1
     if status is not None:
         raise SystemExit(status)
+    outputs = Outputs(model=Path("models/teacher.pt"), resume=resume_path("teacher_train"), history=HISTORY)
     with tracking.start_run("teacher_train", params):
-        train_teacher(params, RECORDINGS_DIR, RESAMPLED_DIR,
-                      Outputs(model=Path("models/teacher.pt"), resume=resume_path("teacher_train"), history=HISTORY),
-                      on_epoch=tracking.log_metrics)
+        train_teacher(params, RECORDINGS_DIR, RESAMPLED_DIR, outputs, on_epoch=tracking.log_metrics)
     if tracking.is_main_process():
         plot_history(HISTORY, HISTORY.with_suffix(".png"), "teacher")
+        outputs.discard_resume()  # the stage's outputs are all written
 
 
 if __name__ == "__main__":

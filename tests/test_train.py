@@ -26,7 +26,7 @@ from mobileast.data.crops import ClipSource, RecordingCrops
 from mobileast.features import LogMel
 from mobileast.training.checkpoint import Outputs, file_identity
 from mobileast.training.distributed import runtime
-from mobileast.training.engine import classification_validator, fit
+from mobileast.training.engine import NonFiniteLoss, classification_validator, fit
 from mobileast.training.schedule import Schedule, decay_end
 from mobileast.training.settings import TrainSettings
 from test_crops import make_clip_store, make_recordings_store
@@ -44,14 +44,20 @@ def tiny_model() -> nn.Module:
                          nn.Linear(4 * FEATURES["n_mels"], len(SCENES)))
 
 
-def ce_step(frontend: nn.Module, fail_at_epoch: int | None = None):
-    """Cross-entropy step with generator-drawn noise; raises at `fail_at_epoch` (a crash)."""
+def ce_step(frontend: nn.Module, fail_at_epoch: int | None = None, nan_at: tuple[int, int] | None = None):
+    """Cross-entropy step with generator-drawn noise; raises at `fail_at_epoch` (a crash);
+    its loss is NaN at the (epoch, step) `nan_at` (a diverged run)."""
+    calls = []
+
     def step(model, batch, epoch, generator):
         if epoch == fail_at_epoch:
             raise KeyboardInterrupt
+        calls.append(epoch)
         wave = batch.wave + 0.01 * torch.randn(batch.wave.shape, generator=generator, device=batch.wave.device)
         logits = model(frontend(wave))
         loss = nn.functional.cross_entropy(logits, batch.label)
+        if nan_at == (epoch, calls.count(epoch) - 1):
+            loss = loss * float("nan")
         return loss, {"accuracy": (logits.argmax(1) == batch.label).float().mean().item()}
     return step
 
@@ -77,17 +83,21 @@ def train_settings(epochs=4, **schedule) -> TrainSettings:
                                                "decay_end_epoch": epochs, "min_lr": 1e-4} | schedule)))
 
 
-def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume_key=None, **callbacks):
-    """One tiny training run writing to `out`; returns (history rows, final state_dict)."""
+def train(stores, out: Path, settings: TrainSettings, fail_at_epoch=None, resume_key=None, nan_at=None,
+          discard=True, **fit_args):
+    """One tiny training run writing to `out`, as a stage runs it (the resume checkpoint
+    discarded after the outputs unless not `discard`); returns (history rows, final state_dict)."""
     recordings, clips = stores
+    outputs = Outputs(out / "model.pt", out / "last.pt", out / "history.csv")
     with runtime(settings.seed) as rt:
         model = tiny_model()
         frontend = LogMel(**FEATURES).to(rt.device)
         data = RecordingCrops(recordings, "train", CLIP, 200, crops_per_recording=4, seed=settings.seed)
         validate = classification_validator(ClipSource(clips, "evaluate"), frontend, 8, rt.device)
-        history = fit(model, ce_step(frontend, fail_at_epoch), data, settings,
-                      Outputs(out / "model.pt", out / "last.pt", out / "history.csv"), META, rt,
-                      validate_fn=validate, resume_key=resume_key, inputs=stores, **callbacks)
+        history = fit(model, ce_step(frontend, fail_at_epoch, nan_at), data, settings, outputs, META, rt,
+                      validate_fn=validate, resume_key=resume_key, inputs=stores, **fit_args)
+        if discard and rt.is_main:
+            outputs.discard_resume()
     return history, model.state_dict()
 
 
@@ -244,17 +254,56 @@ def test_resumed_run_equals_uninterrupted_run(stores, reference_run, tmp_path):
         torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
     ref_last, last = torch.load(reference_run[2] / "model.pt"), torch.load(tmp_path / "model.pt")
     torch.testing.assert_close(last["optimizer"], ref_last["optimizer"], rtol=0, atol=0)
+    train(stores, tmp_path / "uninterrupted", train_settings(), resume_key={"dkd": 1})
+    assert (tmp_path / "model.pt").read_bytes() == (tmp_path / "uninterrupted" / "model.pt").read_bytes()  # DVC's md5
 
 
-def test_complete_resume_checkpoint_gives_the_model_without_training(stores, reference_run, tmp_path):
-    """Killed after the last epoch's checkpoint but before the final model was written."""
-    last = torch.load(reference_run[2] / "model.pt")  # the final model is the last epoch's checkpoint ...
-    torch.save({**last, "inputs": file_identity(stores)}, tmp_path / "last.pt")  # ... as the resume file holds it
+def test_complete_resume_checkpoint_gives_the_outputs_without_training(stores, reference_run, tmp_path):
+    """Killed after the last epoch's checkpoint, before the stage's last output was written;
+    DVC deletes a stage's outputs before running it again."""
+    train(stores, tmp_path, train_settings(), discard=False)
+    assert torch.load(tmp_path / "last.pt")["epoch"] == 4  # fit leaves it to the stage
+    for output in ("model.pt", "history.csv"):
+        (tmp_path / output).unlink()
     result, state = train(stores, tmp_path, train_settings(), fail_at_epoch=0)  # any epoch would raise
     assert result == reference_run[0] and not (tmp_path / "last.pt").exists()
     for key, value in state.items():
         torch.testing.assert_close(value, reference_run[1][key], rtol=0, atol=0)
-    assert torch.load(tmp_path / "model.pt")["epoch"] == 4
+    for output in ("model.pt", "history.csv"):
+        assert (tmp_path / output).read_bytes() == (reference_run[2] / output).read_bytes(), output
+
+
+def test_checkpoint_made_by_other_code_is_not_resumed(stores, reference_run, tmp_path):
+    code = tmp_path / "step.py"
+    code.write_text("LOSS = 'ce'\n")
+    with pytest.raises(KeyboardInterrupt):
+        train(stores, tmp_path / "out", train_settings(), fail_at_epoch=2, code=[code])
+    code.write_text("LOSS = 'ce'  # fixed\n")
+    with pytest.raises(KeyboardInterrupt):  # starts afresh: epoch 0 is trained again
+        train(stores, tmp_path / "out", train_settings(), fail_at_epoch=0, code=[code])
+    assert torch.load(tmp_path / "out" / "last.pt")["epoch"] == 2  # kept, not overwritten
+    result, _ = train(stores, tmp_path / "out", train_settings(), code=[code])
+    assert result == reference_run[0]
+
+
+def test_unreadable_resume_checkpoint_is_moved_aside(stores, reference_run, tmp_path):
+    tmp_path.joinpath("last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.warns(UserWarning, match=r"last.pt: unreadable resume checkpoint .* moved to .*last.pt.unreadable"):
+        result, _ = train(stores, tmp_path, train_settings())
+    assert result == reference_run[0]
+    assert (tmp_path / "last.pt.unreadable").read_bytes() == b"PK\x03\x04 truncated"
+
+
+def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(stores, tmp_path):
+    with pytest.raises(NonFiniteLoss, match=r"epoch 3, step 2 of \d+: the training loss is not finite .*"
+                                            r"the checkpoint of epoch 2 is kept in .*last.pt"):
+        train(stores, tmp_path, train_settings(), nan_at=(2, 1))
+    last = torch.load(tmp_path / "last.pt")
+    assert last["epoch"] == 2 and len(pd.read_csv(tmp_path / "history.csv")) == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not (tmp_path / "model.pt").exists()
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1 of \d+: .*nothing of this run was checkpointed"):
+        train(stores, tmp_path / "first", train_settings(), nan_at=(0, 0))
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(stores, tmp_path):

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mobileast.data.crops import Batch, ClipSource
+from mobileast.errors import InputError
 from mobileast.inference import predict, prefetch, resolve_precision
 from mobileast.training.checkpoint import Checkpoints, Outputs
 from mobileast.training.distributed import Runtime, gather_batches, mean_over_ranks, sync_buffers, with_sync_bn
@@ -54,6 +55,11 @@ EpochCallback = Callable[[Mapping[str, float], int], Any]
 CheckpointCallback = Callable[[Path], Any]  # on_checkpoint(path): a checkpoint file was written
 
 
+class NonFiniteLoss(InputError):
+    """The training loss became NaN or infinite: the run diverged (the learning rate, the
+    loss weights or the data need a look); the message names the epoch and the step."""
+
+
 def classification_validator(source: ClipSource, frontend: nn.Module, batch_size: int,
                              rt: Runtime | torch.device, precision: str = "fp32") -> ValidateFn:
     """validate_fn giving cross-entropy `loss` and `accuracy` over a ClipSource.
@@ -76,12 +82,14 @@ def classification_validator(source: ClipSource, frontend: nn.Module, batch_size
 def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSettings,
         outputs: Outputs, meta: Mapping[str, Any], rt: Runtime, *,
         validate_fn: ValidateFn | None = None, resume_key: Mapping[str, Any] | None = None,
-        inputs: Sequence[Path] = (), on_epoch: EpochCallback | None = None,
+        inputs: Sequence[Path] = (), code: Sequence[Path] = (), on_epoch: EpochCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None) -> list[dict[str, float]]:
     """Train `model` for settings.epochs epochs, resuming from `outputs.resume` if it holds
-    a run of the same settings, meta, resume_key and inputs (mobileast.training.checkpoint),
-    and write `outputs.model` at the end. Returns the history rows (on rank 0; the other
-    ranks return the rows of a resumed run only).
+    a run of the same settings, meta, resume_key, inputs and code
+    (mobileast.training.checkpoint), and write `outputs.history` and `outputs.model` at the
+    end; the caller deletes the resume checkpoint once its own last output is written
+    (`outputs.discard_resume()`). Returns the history rows (on rank 0; the other ranks
+    return the rows of a resumed run only).
 
     meta: the checkpoint's model description (arch, config, features, classes).
     validate_fn gets the plain classifier in eval mode under no_grad, every
@@ -92,6 +100,8 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     Callbacks, on rank 0 only: on_epoch after each epoch's checkpoint and history are
     written (see EpochCallback); on_checkpoint after each resume checkpoint and the final
     model are written.
+    A non-finite training loss raises NonFiniteLoss at the end of its epoch, before that
+    epoch is checkpointed, so the resume checkpoint stays the last good epoch's.
     """
     steps = data.steps_per_epoch(settings.batch_size)
     if steps == 0:
@@ -101,7 +111,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     optimizer = settings.make_optimizer(model)
     precision = resolve_precision(settings.precision, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
-    checkpoints = Checkpoints(outputs, settings, meta, resume_key, inputs)
+    checkpoints = Checkpoints(outputs, settings, meta, resume_key, inputs, code)
     state = checkpoints.resume(model, optimizer, scaler, rt)
     net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.world_size > 1 else model
@@ -109,7 +119,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
         net = torch.compile(net)
     for epoch in range(state.epoch, settings.epochs):
         row = {"epoch": epoch + 1, "lr": settings.schedule.lr(settings.lr, epoch),
-               **_train_epoch(net, optimizer, scaler, step_fn, data, settings, epoch, steps, rt)}
+               **_train_epoch(net, optimizer, scaler, step_fn, data, settings, epoch, steps, rt, outputs.resume)}
         sync_buffers(model, rt)
         if validate_fn is not None and settings.validates(epoch):  # every rank validates its share
             row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
@@ -122,7 +132,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
         if rt.world_size > 1:
             dist.barrier()  # ranks leave every epoch together, after its checkpoint is written
     if rt.is_main:
-        _notify(on_checkpoint, checkpoints.save_model(state, model, optimizer, scaler))
+        _notify(on_checkpoint, checkpoints.save_outputs(state, model, optimizer, scaler))
     return state.history
 
 
@@ -132,22 +142,27 @@ def _notify(callback: CheckpointCallback | None, path: Path | None) -> None:
 
 
 def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step_fn: StepFn,
-                 data: EpochSource, settings: TrainSettings, epoch: int, steps: int, rt: Runtime) -> dict[str, float]:
+                 data: EpochSource, settings: TrainSettings, epoch: int, steps: int, rt: Runtime,
+                 resume: Path | None = None) -> dict[str, float]:
     """One epoch of optimiser steps; returns `train_<key>` means of the step's loss and logs.
 
     Nothing here waits for the device: tensor logs are summed on it, float logs on the
-    host, the next batch is gathered in a background thread (prefetch), and only the
-    progress bar, when shown, reads the loss every PROGRESS_EVERY steps."""
+    host, the first step with a non-finite loss is noted on it (raised as NonFiniteLoss
+    after the epoch, naming it; `resume` is named as the checkpoint kept), the next batch
+    is gathered in a background thread (prefetch), and only the progress bar, when shown,
+    reads the loss every PROGRESS_EVERY steps."""
     generator = _seed_epoch(settings.seed, epoch, rt)
     net.train()
     device_sums: dict[str, torch.Tensor] = {}
     host_sums: dict[str, float] = {}
+    first_bad = torch.tensor(steps, device=rt.device)  # index of the first non-finite loss; steps: none
     batches = tqdm(prefetch(data.epoch_batches(epoch, settings.batch_size, rt.rank, rt.world_size), rt.device),
                    total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False,
                    disable=None if rt.is_main else True)
     for step, batch in enumerate(batches):
         loss, logs = optimizer_step(net, optimizer, step_fn, batch, settings, epoch, epoch + step / steps, generator,
                                     scaler)
+        first_bad = torch.where(torch.isfinite(loss) | (first_bad < steps), first_bad, step)
         for key, value in {"loss": loss, **logs}.items():
             if isinstance(value, torch.Tensor):
                 device_sums[key] = device_sums.get(key, 0.0) + value.to(torch.float64)
@@ -155,7 +170,15 @@ def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
                 host_sums[key] = host_sums.get(key, 0.0) + float(value)
         if not batches.disable and step % PROGRESS_EVERY == 0:  # the postfix waits for the device
             batches.set_postfix(loss=f"{device_sums['loss'].item() / (step + 1):.4f}", refresh=False)
-    return {f"train_{k}": v for k, v in mean_over_ranks(device_sums, host_sums, steps, rt).items()}
+    means = mean_over_ranks(device_sums, host_sums, steps, rt)
+    if rt.world_size > 1:
+        dist.all_reduce(first_bad, dist.ReduceOp.MIN)
+    if (bad := int(first_bad)) < steps:
+        kept = f"the checkpoint of epoch {epoch} is kept in {resume}" if resume is not None and epoch > 0 else \
+            "nothing of this run was checkpointed"
+        raise NonFiniteLoss(f"epoch {epoch + 1}, step {bad + 1} of {steps}: the training loss is not finite (the run "
+                            f"diverged: lower the learning rate or check the loss weights and the data); {kept}")
+    return {f"train_{k}": v for k, v in means.items()}
 
 
 def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, batch: Batch,

@@ -66,13 +66,13 @@ def section(params: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def train_supervised(model: nn.Module, meta: dict[str, Any], prefix: str, params: Mapping[str, Any],
                      loss_fn: DistillLoss, resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime,
-                     inputs: Sequence[Path], teacher_logits: torch.Tensor | None = None,
+                     inputs: Sequence[Path], code: Sequence[Path] = (), teacher_logits: torch.Tensor | None = None,
                      drop_logs: Sequence[str] = (), on_epoch: EpochCallback | None = None) -> None:
     """Run the engine on the train crops `data`, validating on the evaluate clips, with the
     params sections `<prefix>train` and `<prefix>augment` ("" for the student, "teacher.");
-    `inputs`: the stage's data directories (a resume checkpoint made before they changed is
-    not resumed); `params` (all the stage's params) is the resume key; on_epoch: see
-    mobileast.training.engine.fit."""
+    `inputs`: the stage's data directories and `code` its code files (a resume checkpoint
+    made before either changed is not resumed); `params` (all the stage's params) is the
+    resume key; on_epoch: see mobileast.training.engine.fit."""
     train = section(params, f"{prefix}train")
     settings = TrainSettings.from_params(train, params["seed"], f"{prefix}train")
     if data.steps_per_epoch(settings.batch_size) == 0:
@@ -90,4 +90,4 @@ def train_supervised(model: nn.Module, meta: dict[str, Any], prefix: str, params
     validate = classification_validator(evaluate_clips(resampled, sample_rate, rate_key(meta)), frontend,
                                         int(train["batch_size"]), rt, precision)
     fit(model, step, data, settings, outputs, meta, rt, validate_fn=validate, resume_key=params, inputs=inputs,
-        on_epoch=on_epoch)
+        code=code, on_epoch=on_epoch)
