@@ -58,7 +58,7 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
                 "input": "logmel", "params": dict(params)}  # what it was trained with, for `submit`
         train_supervised(model, meta, "", params, loss_fn, resampled, data, outputs, rt,
-                         (recordings, resampled, logits_dir), stage_code(__file__), teacher_logits,
+                         (recordings, resampled, logits_dir), stage_code(__spec__.name), teacher_logits,
                          on_epoch=on_epoch)
 
 

@@ -39,7 +39,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
                            rate_key(meta), int(section["crops_per_recording"]), params["seed"])
         train_supervised(model, meta, "teacher.", params, DistillLoss.cross_entropy(), resampled, data, outputs, rt,
-                         (recordings, resampled), stage_code(__file__), drop_logs=("kd",), on_epoch=on_epoch)
+                         (recordings, resampled), stage_code(__spec__.name), drop_logs=("kd",), on_epoch=on_epoch)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from mobileast.params import load_params
 from mobileast.data.crops import train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
+from mobileast.features import LogMel
 from mobileast.models import build_preset, model_spec
 from mobileast.training.checkpoint import Outputs
 from mobileast.training.supervised import supervised_step
@@ -95,7 +96,7 @@ def test_the_mixup_partner_gets_the_partner_crops_logits(stores, teacher, dumped
     logits = load_logits(dumped, crops)
     augmenter = Augmenter.from_params(ONLY_MIXUP, RATE)
     spy = SpyLoss()
-    step = supervised_step(frontend_for({"features": FEATURES}), augmenter, spy, logits)
+    step = supervised_step(LogMel(**FEATURES).eval(), augmenter, spy, logits)
     batch = next(crops.epoch_batches(epoch=0, batch_size=8))
     _, mix = augmenter.wave(batch.wave, torch.Generator().manual_seed(9))  # the draws the step will make
     step(build_preset("sub4", input_size=(16, 16)).eval(), batch, 0, torch.Generator().manual_seed(9))

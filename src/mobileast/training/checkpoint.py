@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mobileast.files import atomic_output
+from mobileast.dvcdeps import UNTRACKED_CODE, code_closure
+from mobileast.files import atomic_output, project_root
 from mobileast.training.distributed import Runtime
 from mobileast.training.settings import TrainSettings
 
@@ -94,11 +95,11 @@ def code_identity(files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def stage_code(script: str | Path) -> list[Path]:
-    """The code files whose change makes a stage's resume checkpoint stale: the stage script
-    and the training package. (The stage's whole import closure, as dvc.yaml lists it,
-    would be exact; this covers the engine, the step and the stage's own recipe.)"""
-    return [Path(script), *sorted(Path(__file__).parent.glob("*.py"))]
+def stage_code(module: str) -> list[Path]:
+    """The code files whose change makes a stage's resume checkpoint stale: the stage
+    module's import closure, exactly the code deps dvc.yaml lists for it (mobileast.dvcdeps)."""
+    root = project_root()
+    return [root / name for name in sorted(code_closure(module, root, tuple(UNTRACKED_CODE)))]
 
 
 def fingerprint(settings: TrainSettings, meta: Mapping[str, Any], key: Mapping[str, Any] | None) -> str:
