@@ -27,10 +27,10 @@ from mobileast.data.crops import evaluate_clips, hop_samples, train_crops
 from mobileast.data.parallel import worker_count
 from mobileast.data.tau22 import load_dataset
 from mobileast.models import build_student
-from mobileast.recipes import build_teacher
+from mobileast.teachers import build_teacher
 from mobileast.schema import SCHEMA
 from mobileast.inference import resolve_precision
-from mobileast.train import TrainSettings
+from mobileast.training.settings import TrainSettings
 from stages import run
 from test_crops import make_clip_store, make_recordings_store
 
