@@ -16,7 +16,8 @@ from mobileast.errors import ParamsError
 
 from mobileast.labels import SCENES
 
-from mobileast import data, distill, inference, paramsdoc, profiles, schema, train
+from mobileast import data, distill, inference, paramsdoc, profiles, schema
+from mobileast.training import schedule as training_schedule, settings as training_settings
 from mobileast.data import tau22
 from mobileast.labels import DEVICES
 from mobileast import models
@@ -223,9 +224,9 @@ def test_the_schema_choices_are_the_codes():
     assert schema.ON_BAD_FILE == tau22.ON_BAD_FILE
     assert schema.DEVICES == DEVICES
     assert schema.PRECISIONS == inference.PRECISIONS
-    assert schema.OPTIMIZERS == tuple(train.OPTIMIZERS)
-    assert schema.WARMUPS == train.WARMUPS
-    assert schema.DECAYS == train.DECAYS
+    assert schema.OPTIMIZERS == tuple(training_settings.OPTIMIZERS)
+    assert schema.WARMUPS == training_schedule.WARMUPS
+    assert schema.DECAYS == training_schedule.DECAYS
     assert schema.METHODS == distill.METHODS
     assert schema.CNN_PRESETS == tuple(cnn.PRESETS)
     assert schema.STUDENT_PRESETS == tuple(mobileast_models.PRESETS)
