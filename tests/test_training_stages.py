@@ -176,7 +176,8 @@ def test_the_step_convolves_the_clips_of_the_dir_devices(stores, tmp_path):
     augmenter = Augmenter.from_params(only_dir, RATE)
     seen = []
     frontend = LogMel(**FEATURES).eval()
-    step = supervised_step(lambda wave: seen.append(wave) or frontend(wave), augmenter, DistillLoss(method="none"))
+    loss = DistillLoss(method="none", alpha=0.0, beta=0.0, temperature=1.0, warmup_epochs=0, ce_weight=1.0)
+    step = supervised_step(lambda wave: seen.append(wave) or frontend(wave), augmenter, loss)
     batch = next(student_crops(stores).epoch_batches(epoch=0, batch_size=8))
     assert set(batch.device.tolist()) == {0}  # device a
     step(build_preset("sub4", input_size=(16, 16)).eval(), batch, 0, torch.Generator().manual_seed(9))
@@ -187,7 +188,8 @@ def test_the_step_convolves_the_clips_of_the_dir_devices(stores, tmp_path):
 def test_dir_without_impulse_responses_stops_training_naming_the_key(stores, dumped, tmp_path):
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     (tmp_path / "irs").mkdir()
-    augment = {**params["augment"], "dir": {**params["augment"]["dir"], "enabled": True, "ir_dir": str(tmp_path / "irs")}}
+    augment = {**params["augment"],
+               "dir": {**params["augment"]["dir"], "enabled": True, "ir_dir": str(tmp_path / "irs")}}
     params = {**params, "features": FEATURES, "student": {"preset": "sub4", "custom": {}}, "augment": augment,
               "train": {**params["train"], "batch_size": 8, "crops_per_recording": 2}, "logits": PARAMS["logits"]}
     with pytest.raises(ParamsError, match=f"section 'augment': dir.ir_dir: no .wav files under {tmp_path / 'irs'}"):
