@@ -3,8 +3,12 @@ them on the CPU (every CI run), test_cuda.py on a CUDA device when there is one.
 from __future__ import annotations
 
 import math
+import tempfile
 from contextlib import nullcontext
+from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 from torch import nn
 
@@ -49,7 +53,7 @@ def fixed_batch(device: torch.device, size: int = 8) -> Batch:
     g = torch.Generator().manual_seed(5)
     wave = 0.1 * torch.randn(size, 32000, generator=g)
     label = torch.arange(size) % CLASSES
-    return Batch(wave, label, torch.arange(size)).to(device)
+    return Batch(wave, label, torch.arange(size), torch.arange(size) % 2).to(device)  # devices a and b
 
 
 def train_losses(name: str, precision: str, device: torch.device, steps: int = 6,
@@ -101,7 +105,7 @@ def assert_low_precision_agrees(name: str, precision: str, device: torch.device)
 
 def augmented_distillation_losses(name: str, device: torch.device, guard=nullcontext, steps: int = 5) -> list[float]:
     """bf16 DKD steps with every augmentation on (the teacher recipe's for PaSST; mixup and
-    CutMix at p 0.5), the steps
+    CutMix at p 0.5; device impulse responses from two made-up ones), the steps
     after the first (which creates the optimiser state) inside `guard()`; the losses."""
     model, frontend = MODELS[name](device)
     augment = {k: {**v, "enabled": name == "student" or k not in SPECTROGRAM_AUGMENTS}  # PaSST: its own SpecAugment
@@ -110,8 +114,13 @@ def augmented_distillation_losses(name: str, device: torch.device, guard=nullcon
     batch = fixed_batch(device)
     teacher_logits = torch.randn(len(batch), CLASSES, device=device)
     loss_fn = DistillLoss(method="dkd", alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20.0, ce_weight=1.0)
-    step = supervised_step(frontend, Augmenter.from_params(augment, 32000), loss_fn, teacher_logits,
-                           precision="bf16")
+    with tempfile.TemporaryDirectory() as irs:  # read once by from_params
+        decay = np.exp(-np.arange(2000) / 200.0)
+        sf.write(Path(irs) / "smooth.wav", decay, 48000)
+        sf.write(Path(irs) / "ringing.wav", decay * np.cos(np.arange(2000) * 0.3), 44100)
+        augment["dir"].update(ir_dir=irs, p=0.5)
+        augmenter = Augmenter.from_params(augment, 32000)
+    step = supervised_step(frontend, augmenter, loss_fn, teacher_logits, precision="bf16")
     settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, optimizer="adamw", precision="bf16",
                              schedule=Schedule(warmup="none", decay="constant"))
     optimizer = settings.make_optimizer(model)
