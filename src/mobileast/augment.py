@@ -183,31 +183,31 @@ def convolve_ir(x: Tensor, irs: Tensor) -> Tensor:
     return (y * gain).to(x.dtype)
 
 
-def load_impulse_responses(folder: str | Path, sample_rate: int, key: str = "dir.ir_dir") -> Tensor:
+def load_impulse_responses(folder: str | Path, sample_rate: int) -> Tensor:
     """The .wav files under `folder` (recursively, in path order) as mono impulse responses at
     `sample_rate` (resampled with soxr where recorded at another rate), zero-padded into one
     (files, longest) float32 tensor. Their scale does not matter (convolve_ir matches levels).
 
     A missing folder, one without .wav files, an unreadable or all-zero file is a ParamsError
-    naming params `key` and the folder or file.
+    naming the key (dir.ir_dir of an augment section) and the folder or file.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ParamsError(f"{key}: {folder} is not a folder (download impulse responses into it with "
+        raise ParamsError(f"dir.ir_dir: {folder} is not a folder (download impulse responses into it with "
                           f"`python -m mobileast download --micirp {folder}`)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
     if not files:
-        raise ParamsError(f"{key}: no .wav files under {folder} (download impulse responses into it with "
+        raise ParamsError(f"dir.ir_dir: no .wav files under {folder} (download impulse responses into it with "
                           f"`python -m mobileast download --micirp {folder}`)")
     irs = []
     for path in files:
         try:
             wave, rate, _ = read_audio(path)
         except (OSError, ValueError) as error:
-            raise ParamsError(f"{key}: {error}") from None
+            raise ParamsError(f"dir.ir_dir: {error}") from None
         wave = resample(wave, rate, sample_rate)
         if not np.any(wave):
-            raise ParamsError(f"{key}: {path} is silent (all samples 0): not an impulse response")
+            raise ParamsError(f"dir.ir_dir: {path} is silent (all samples 0): not an impulse response")
         irs.append(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
     return torch.nn.utils.rnn.pad_sequence(irs, batch_first=True)
 
@@ -398,7 +398,9 @@ class Augmenter:
 
     def _dir(self, x: Tensor, devices: Tensor | None, cfg: Mapping[str, Any], gen: torch.Generator) -> Tensor:
         """Clip i (recorded on DEVICES[devices[i]]) convolved with a uniformly drawn impulse
-        response with probability cfg["p"] if its device is in cfg["devices"], else kept."""
+        response with probability cfg["p"] if its device is in cfg["devices"], else kept.
+        Every clip is convolved and the others' results dropped: picking the chosen clips out
+        would read the draws back from the device (a host sync per step on a GPU)."""
         if devices is None:
             raise ValueError("augment.dir is enabled but the batch carries no recording devices")
         n = x.shape[0]
