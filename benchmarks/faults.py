@@ -388,15 +388,20 @@ def interrupted_download(scratch: Scratch) -> Row:
 
 # --- torchrun ----------------------------------------------------------------------------
 
-SLEEPING_STAGE = """
+GLOO_STAGE = """
 import os, sys, time
 from pathlib import Path
 from mobileast.launch import prepare
 status = prepare(2, __spec__.name)
 if status is not None:
     raise SystemExit(status)
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
 Path(sys.argv[1], f"worker{os.getpid()}").touch()
-time.sleep(300)
+gradient = torch.ones(10000)
+while True:  # as data-parallel training: the workers wait for each other in every all-reduce
+    dist.all_reduce(gradient)
+    time.sleep(0.01)
 """
 
 
@@ -412,11 +417,12 @@ def running(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def torchrun_stage(scratch: Scratch, signum: signal.Signals) -> Row:
-    """A stage with nproc 2 (gloo on CPU, through mobileast.launch) gets `signum` once both workers run."""
-    (scratch.folder / "sleeping_stage.py").write_text(SLEEPING_STAGE)
+    """A stage with nproc 2 (gloo on CPU, through mobileast.launch) gets `signum` once both
+    workers exchange tensors."""
+    (scratch.folder / "gloo_stage.py").write_text(GLOO_STAGE)
     scratch.env["PYTHONPATH"] = os.pathsep.join([str(scratch.folder), scratch.env["PYTHONPATH"]])
-    row = Row(f"{signum.name} to a stage running torchrun with nproc: 2 (gloo on CPU), both workers started")
-    stage = scratch.popen(["-m", "sleeping_stage", str(scratch.folder)], scratch.folder,
+    row = Row(f"{signum.name} to a stage running torchrun with nproc: 2 (gloo on CPU), both workers in all-reduce")
+    stage = scratch.popen(["-m", "gloo_stage", str(scratch.folder)], scratch.folder,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     family: list[psutil.Process] = []
     try:

@@ -108,7 +108,7 @@ def die_with_parent(parent: int | None = None) -> None:
     """
     if _PRCTL is None:
         return
-    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _PRCTL(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL))  # prctl(int, unsigned long, ...)
     if parent is not None:
         orphaned = os.getppid() != parent
     else:
