@@ -42,7 +42,7 @@ import psutil
 import soundfile as sf
 import yaml
 
-from mobileast.data import RESAMPLED_DIR, tau22
+from mobileast.data import RESAMPLED_DIR, download, tau22
 from mobileast.data.store import read_index
 from mobileast.labels import SCENES
 
@@ -346,7 +346,7 @@ def zip_slip(scratch: Scratch) -> Row:
         no_traceback(row, run)
         escaped = [str(p) for p in scratch.folder.rglob("evil")]
         row.expect(not escaped, f"written outside the destination: {', '.join(escaped)}")
-        row.expect(not (dest / "TAU").exists() and not (dest / ".download" / "evil.zip.done").exists(),
+        row.expect(not (dest / "TAU").exists() and not (dest / download.SCRATCH / "evil.zip.done").exists(),
                    "members of the refused archive were unpacked")
         return row
     finally:
@@ -362,7 +362,7 @@ def interrupted_download(scratch: Scratch) -> Row:
         archives = {"x.meta.zip": zip_of({"TAU/meta.csv": b"filename\n"}), "x.audio.1.zip": zip_of({"TAU/a.wav": audio})}
         server.slow.add("x.audio.1.zip")
         args = download_args(server, archives, dest)
-        part = dest / ".download" / "x.audio.1.zip.part"
+        part = dest / download.SCRATCH / "x.audio.1.zip.part"
         row = Row("kill -9 of python -m mobileast download halfway through its second archive, then run again")
         proc = scratch.popen(args, scratch.folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
