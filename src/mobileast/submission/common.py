@@ -179,8 +179,7 @@ def system_description(meta: ModelMeta, params: Mapping[str, Any] | None) -> dic
         "ensemble_method_subsystem_count": 1,
         "decision_making": "mean of the 1 s clips' class probabilities per file",
         "external_data_usage": "none",
-        "complexity_management": ("int8 post-training quantization; " if meta.quantized else "")
-                                 + "knowledge distillation into a small student",
+        "complexity_management": FILL_IN,
         "quantization": quantization,
         "knowledge_distillation": FILL_IN,
         "framework": "pytorch" + (", onnxruntime" if meta.is_onnx else ""),
@@ -195,9 +194,13 @@ def system_description(meta: ModelMeta, params: Mapping[str, Any] | None) -> dic
             f" ensemble of {1 + len(teacher['ensemble'])}" if teacher.get("ensemble") else "")
         if teacher["arch"] == "passt":
             description["external_data_usage"] = "AudioSet-pretrained PaSST teacher (kkoutini/PaSST checkpoint)"
+    distilled = description["knowledge_distillation"] not in ("none", FILL_IN)
+    description["complexity_management"] = "; ".join(
+        (["int8 post-training quantization"] if meta.quantized else [])
+        + (["knowledge distillation into a small student"] if distilled else [])) or "none"
     description["pipeline"] = " > ".join(
         [description["acoustic_features"].split(" (")[0], method.split(" (")[0]]
-        + (["knowledge distillation"] if description["knowledge_distillation"] not in ("none", FILL_IN) else [])
+        + (["knowledge distillation"] if distilled else [])
         + (["int8 quantization"] if meta.quantized else []) + ["mean of clip probabilities"])
     return description
 

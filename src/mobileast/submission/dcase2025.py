@@ -86,10 +86,16 @@ def write(general_path: Path, device_paths: Mapping[str, Path], out_dir: Path, l
     general = _deployed(common.load(general_path))
     devices = {d: _deployed(common.load(p)) for d, p in device_paths.items()}
     _same_inputs(general, devices)
+    files = {"general": general, **devices}
+    engines = {m.meta.quant_engine for m in files.values() if m.meta.quant_engine}
+    if len(engines) > 1:
+        raise InputError(f"the TorchScript models were quantized for different engines {sorted(engines)}: "
+                         "one package runs them all under one engine")
     package = out_dir / package_name(label)
     resources = package / "resources" / label
-    resources.mkdir(parents=True, exist_ok=True)
-    files = {"general": general, **devices}
+    if resources.exists():
+        shutil.rmtree(resources)  # the models of an earlier run of this label, which routing.json may no longer name
+    resources.mkdir(parents=True)
     names = {key: f"{key}{m.path.suffix}" for key, m in files.items()}
     for key, model in files.items():
         shutil.copyfile(model.path, resources / names[key])
@@ -106,9 +112,6 @@ def write(general_path: Path, device_paths: Mapping[str, Path], out_dir: Path, l
     frontend = None if general.meta.takes_waveform else "frontend.pt"
     if frontend:
         write_frontend(general, resources / frontend)
-    engines = {m.meta.quant_engine for m in files.values() if m.meta.quant_engine}
-    if len(engines) > 1:
-        raise InputError(f"the TorchScript models were quantized for different engines {sorted(engines)}")
     write_json(resources / "routing.json", {
         "classes": list(general.meta.classes), "sample_rate": general.meta.sample_rate, "frontend": frontend,
         "quant_engine": next(iter(engines), None), "general": names["general"],
