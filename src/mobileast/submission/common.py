@@ -10,12 +10,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import yaml
 
-from mobileast.complexity import complexity_report, onnx_param_memory_bytes
+from mobileast.complexity import complexity_report, onnx_param_memory_bytes, onnx_param_nonzero, param_nonzero
 from mobileast.deploy import ModelMeta, frontend_for, input_shape, load_model_any
 from mobileast.errors import InputError
 from mobileast.files import atomic_output
 from mobileast.labels import DEVICES, SCENES
 from mobileast.metrics import accuracy, device_order, log_loss, softmax
+from mobileast.models.mobileast import fold_bn
 from mobileast.predict import predict_file
 
 FILL_IN = "FILL IN"
@@ -116,7 +117,10 @@ def model_complexity(model: Model) -> dict[str, Any]:
     if not meta.quantized:
         memory = report["param_memory_bytes_int8_estimate"]
     limit = report["limits"]["param_memory_bytes"]
-    return {"model": str(path), "params": report["params"], "macs": report["macs_dcase"],
+    # a float checkpoint in its deployment form (BN folded), as its parameters are counted
+    nonzero = (onnx_param_nonzero(path) if meta.is_onnx
+               else param_nonzero(model.module if meta.quantized else fold_bn(model.module)))
+    return {"model": str(path), "params": report["params"], "params_nonzero": nonzero, "macs": report["macs_dcase"],
             "macs_convention": "DCASE (torchinfo total mult-adds, as nessi)", "macs_full": report["macs_full"],
             "param_memory_bytes": memory,
             "param_memory_of": "as stored" if meta.quantized else "int8 estimate of the float model",
@@ -128,7 +132,7 @@ def system_complexity(complexity: Mapping[str, Any]) -> dict[str, Any]:
     """meta.yaml `system.complexity`: `total_model_size` is the parameter memory in bytes
     (each parameter at its stored width, the DCASE definition), `memory_use` the same."""
     return {"total_model_size": complexity["param_memory_bytes"], "total_parameters": complexity["params"],
-            "total_parameters_non_zero": FILL_IN, "memory_use": complexity["param_memory_bytes"],
+            "total_parameters_non_zero": complexity["params_nonzero"], "memory_use": complexity["param_memory_bytes"],
             "macs": complexity["macs"]}
 
 

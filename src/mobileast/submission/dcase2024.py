@@ -83,8 +83,7 @@ def metadata(label: str, models: Mapping[int, Model], complexities: Mapping[int,
         differences({s: {"arch": m.meta.arch, "config": m.meta.config or {}} for s, m in models.items()}),
         "none: the same architecture for every split")
     figures = [common.system_complexity(c) for c in complexities.values()]
-    complexity = {key: max(f[key] for f in figures) if key != "total_parameters_non_zero" else FILL_IN
-                  for key in figures[0]}
+    complexity = {key: max(f[key] for f in figures) for key in figures[0]}
     return {"submission": common.submission_block(label),
             "system": {"description": description, "complexity": complexity,
                        "external_datasets": common.external_datasets(main.meta, params),
