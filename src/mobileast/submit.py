@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
                "  python -m mobileast submit --model models/student_int8.onnx --audio-dir /data/eval/audio \\\n"
                "      --out submission/ --label Lastname_INST_task1_1\n"
+               "  python -m mobileast submit --format 2024 --model split5=m5.onnx --model split10=m10.onnx \\\n"
+               "      --model split25=m25.onnx --model split50=m50.onnx --model split100=m100.onnx \\\n"
+               "      --audio-dir /data/eval/audio --out submission/ --label Lastname_INST_task1_1\n"
                "  python -m mobileast submit --format 2025 --model models/student_int8.onnx \\\n"
                "      --device-model a=models/device/a_int8.onnx --out submission/ --label Lastname_INST_task1_1")
     parser.add_argument("--format", choices=FORMATS, default="2023", help="challenge year (default: %(default)s)")
