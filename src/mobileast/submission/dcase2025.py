@@ -20,7 +20,6 @@ the general model.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Mapping
