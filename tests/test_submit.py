@@ -19,8 +19,11 @@ import yaml
 
 from mobileast import deploy, metrics, predict, submit
 from mobileast.complexity import onnx_param_memory_bytes
+from mobileast.data.crops import ClipSource
+from mobileast.evaluate import fold_logits
 from mobileast.labels import DEVICES, SCENES
 from mobileast.submission import common, dcase2024
+from mobileast.submission import inference_package as api
 from submission_checks import meta_errors, output_errors
 from test_export import TRAINED_WITH, project, write_wav  # noqa: F401 (module fixture)
 from test_quantize import one_thread  # noqa: F401 (autouse fixture)
@@ -111,8 +114,6 @@ def test_2023_package_passes_the_validator_checks(project, store, audio, tmp_pat
     assert meta["system"]["external_datasets"] == []
     # the development results: the model on the store's evaluate fold, as the evaluate stage runs it
     model = common.load(project / "student_int8.onnx")
-    from mobileast.data.crops import ClipSource
-    from mobileast.evaluate import fold_logits
     clips = ClipSource(store, "evaluate")
     logits = fold_logits(model.module, model.meta, clips, 64, "fp32").numpy()
     expected = common.results_block(logits, clips.labels, clips.table["device"].to_numpy())
@@ -209,11 +210,11 @@ def test_2025_package_routes_devices_and_runs_without_the_project(project, tmp_p
         sf.write(files[-1], np.random.default_rng(i).uniform(-0.3, 0.3, 32000), 32000, subtype="PCM_16")
     sys.path.insert(0, str(out))
     try:
-        api = importlib.import_module("Doe_XYZ_task1.Doe_XYZ_task1_3")
-        logits, classes = api.predict([str(f) for f in files], ["a", "s9", "a"])
-        model = api.load_model()
-        assert api.get_model_for_device(model, "a") is model.devices["a"]
-        assert api.get_model_for_device(model, "unknown") is model.general
+        package = importlib.import_module("Doe_XYZ_task1.Doe_XYZ_task1_3")
+        logits, classes = package.predict([str(f) for f in files], ["a", "s9", "a"])
+        model = package.load_model()
+        assert package.get_model_for_device(model, "a") is model.devices["a"]
+        assert package.get_model_for_device(model, "unknown") is model.general
     finally:
         sys.path.remove(str(out))
     assert classes == list(SCENES) and [tuple(x.shape) for x in logits] == [(10,)] * 3
@@ -233,8 +234,6 @@ def test_2025_package_routes_devices_and_runs_without_the_project(project, tmp_p
 
 
 def test_2025_package_reads_pcm_wav_as_soundfile_does(tmp_path):
-    from mobileast.submission import inference_package as api
-
     samples = np.random.default_rng(1).uniform(-0.9, 0.9, (500, 2))
     for subtype in ("PCM_16", "PCM_24", "PCM_32", "PCM_U8"):
         sf.write(tmp_path / "x.wav", samples, 16000, subtype=subtype)

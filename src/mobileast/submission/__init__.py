@@ -7,5 +7,7 @@
 - `dcase2024`: one model per training split (5, 10, 25, 50, 100 %):
   `<label>.output.split_<N>.csv` each and one `<label>.meta.yaml` with per-split results.
 - `dcase2025`: an inference package folder (the four API functions of the 2025 task,
-  a general model, one model per device, routing, complexity.json).
+  a general model, one model per device, routing, complexity.json);
+  `inference_package`: the package's API module, copied into it verbatim (numpy and torch,
+  onnxruntime for ONNX models; nothing of this project).
 """
