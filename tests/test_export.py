@@ -1,5 +1,5 @@
 """ONNX export (float and int8), the models it writes as predict/evaluate/submit run them,
-the quantized engine by platform, and the DCASE submission package."""
+and the quantized engine by platform (the submission formats: test_submit.py)."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from mobileast import deploy, evaluate, predict, quantize, submit
+from mobileast import deploy, evaluate, predict, quantize
 from mobileast.data.crops import ClipSource
 from mobileast.complexity import onnx_param_memory_bytes, param_memory_bytes
 from mobileast.errors import InputError
@@ -199,55 +199,6 @@ def test_predict_gives_the_same_scene_with_torch_and_onnx_int8(project, tmp_path
         frontend = deploy.frontend_for(meta)
         labels[name] = [predict_file(f, model, frontend, meta)["label"] for f in files]
     assert labels["student_int8.pt"] == labels["student_int8.onnx"]
-
-
-def test_submission_package(project, tmp_path, capsys):
-    audio = tmp_path / "eval" / "audio"
-    (audio / "sub").mkdir(parents=True)
-    write_wav(audio / "a.wav", 44100, 1)
-    write_wav(audio / "sub" / "b.wav", 48000, 2)
-    write_wav(audio / "c.WAV", 22050, 1)
-    (audio / "broken.wav").write_bytes(b"RIFF-not-audio")
-    (audio / "notes.txt").write_text("not audio")
-    out = tmp_path / "package"
-    status = submit.main(["--model", str(project / "student_int8.onnx"), "--audio-dir", str(audio), "--out", str(out),
-                          "--label", "Doe_XYZ_task1_1", "--params", str(Path(__file__).parents[1] / "params.yaml")])
-    assert status == 1  # a bad file
-    with open(out / "Doe_XYZ_task1_1.output.csv") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    assert rows[0] == ["filename", "scene_label", *SCENES]
-    assert [r[0] for r in rows[1:]] == ["audio/a.wav", "audio/c.WAV", "audio/sub/b.wav"]
-    for row in rows[1:]:
-        scores = np.array(row[2:], float)
-        assert row[1] == SCENES[int(scores.argmax())] and scores.sum() == pytest.approx(1, abs=1e-4)
-    bad = (out / "Doe_XYZ_task1_1.bad_files.tsv").read_text().splitlines()
-    assert bad[0] == "filename\treason" and bad[1].startswith("audio/broken.wav\t") and len(bad) == 2
-    assert "broken.wav" in capsys.readouterr().err
-    complexity = json.loads((out / "Doe_XYZ_task1_1.complexity.json").read_text())
-    assert complexity["param_memory_bytes"] == onnx_param_memory_bytes(project / "student_int8.onnx")
-    assert complexity["params"] == 66_114 and complexity["pass"]["param_memory"]
-    meta = yaml.safe_load((out / "Doe_XYZ_task1_1.meta.yaml").read_text())
-    assert meta["submission"]["label"] == "Doe_XYZ_task1_1"
-    assert meta["system"]["complexity"] == {"total_parameters": 66_114, "memory_use": complexity["param_memory_bytes"],
-                                            "macs": complexity["macs"]}
-    description = meta["system"]["description"]
-    assert description["input_sampling_rate"] == "32kHz"
-    # what the model was trained with (carried from the checkpoint through the int8 and ONNX
-    # models), not today's params.yaml; the teacher, which the model does not know, from params.yaml
-    assert meta["pipeline_params"] == TRAINED_WITH and meta["pipeline_params_source"].startswith("the model")
-    assert description["knowledge_distillation"] == "DKD (alpha 5, beta 10, T 4) from a cnn teacher"
-    assert description["data_augmentation"] == "mixup"
-    assert description["quantization"] == "int8 post-training static quantization (onnxruntime, calibrated on 2 x 4 training crops)"
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    fallback = submit.metadata("x", deploy.read_meta(project / "student_int8.pt").replace(params=None),
-                               complexity, params, None)
-    assert fallback["pipeline_params"] == params and fallback["pipeline_params_source"].startswith("params.yaml")
-
-
-def test_submission_reports_the_dev_metrics_of_the_models_kind(project):
-    assert [submit.metrics_entry(deploy.load_model_any(project / name)[1])
-            for name in ("student.pt", "student_int8.pt", "student_int8.onnx")] \
-        == ["student_float", "student_int8", "student_int8_onnx"]
 
 
 def test_predict_gives_evaluates_logits_on_the_evaluate_files(project, tmp_path):

@@ -193,6 +193,11 @@ if status is not None:
     raise SystemExit(status)
 rank = os.environ.get("RANK", "none")
 Path(sys.argv[2], f"rank{rank}").write_text(os.environ.get("WORLD_SIZE", "1"))
+if rank == "1":  # fail only once rank 0 has written: else torchrun may stop rank 0 first
+    import time
+    deadline = time.monotonic() + 60
+    while not Path(sys.argv[2], "rank0").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 raise SystemExit(3 if rank == "1" else 0)
 """
 

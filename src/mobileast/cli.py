@@ -12,8 +12,9 @@ COMMANDS = {
     "predict": ("mobileast.predict", "scene label and class probabilities for WAV files"),
     "evaluate": ("mobileast.evaluate", "metrics of models (TorchScript, ONNX, checkpoint) on the evaluate fold"),
     "export": ("mobileast.export", "a trained student as an ONNX model (float, or int8 from the int8 model)"),
-    "submit": ("mobileast.submit", "a DCASE2023 Task 1 submission package (output, complexity, meta)"),
-    "download": ("mobileast.data.download", "download and verify the TAU22 development set (or the MicIRP impulse responses)"),
+    "submit": ("mobileast.submit", "a DCASE Task 1 submission in the 2023, 2024 or 2025 format"),
+    "download": ("mobileast.data.download", "download and verify the TAU22 development set (or the MicIRP impulse "
+                                            "responses)"),
     "profile": ("mobileast.profiles", "params overrides of the report's TAU22 setups (list, print, apply)"),
     "dvc-deps": ("mobileast.dvcdeps", "check (--check) or regenerate (--write) the code deps and params lists "
                                       "of dvc.yaml from what each stage imports and declares"),

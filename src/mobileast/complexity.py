@@ -129,6 +129,25 @@ def onnx_param_memory_bytes(path: str | Path) -> int:
     some as uint8 where torch keeps float32). Quantization scales and zero points
     (inputs 1 and 2 of Q/DQ), int64 shapes and axes, and scalars are not parameters.
     """
+    return sum(array.size * width for array, width in _onnx_parameters(path))
+
+
+def onnx_param_nonzero(path: str | Path) -> int:
+    """Non-zero parameter elements of an ONNX model, counted as `onnx_param_memory_bytes`
+    counts them (an int8 weight is zero where its stored integer is)."""
+    import numpy as np
+
+    return sum(int(np.count_nonzero(array)) for array, _ in _onnx_parameters(path))
+
+
+def param_nonzero(model: nn.Module) -> int:
+    """Non-zero parameter elements of a torch model as stored (float, FX-quantized or TorchScript)."""
+    return sum(int((t.dequantize() if t.is_quantized else t).count_nonzero()) for t in _stored_tensors(model))
+
+
+def _onnx_parameters(path: str | Path) -> Iterator[tuple[Any, int]]:
+    """(array, stored bytes per element) of every use of an ONNX model's parameters
+    (`onnx_param_memory_bytes` says which initializers and uses count)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -138,7 +157,6 @@ def onnx_param_memory_bytes(path: str | Path) -> int:
     for node in graph.node:
         for position, name in enumerate(node.input):
             uses[name].append((node, position))
-    total = 0
     for init in graph.initializer:
         array = numpy_helper.to_array(init)
         sites = uses.get(init.name, [])
@@ -148,8 +166,7 @@ def onnx_param_memory_bytes(path: str | Path) -> int:
                      for use in (uses.get(n.output[0], []) if n.op_type == "DequantizeLinear" else [(n, i)])]
         for node, position in consumers:
             weight = _WEIGHT_INPUT.get(node.op_type) == position and array.itemsize == 1
-            total += array.size * (1 if weight else 4)
-    return total
+            yield array, 1 if weight else 4
 
 
 def param_memory_bytes_int8_estimate(model: nn.Module) -> int:
