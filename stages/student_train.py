@@ -10,7 +10,7 @@ from mobileast.tracking import is_main_process
 from mobileast.train import Outputs, resume_path
 from stages import run
 
-PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s"]
+PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s", "data.split"]
 HISTORY = Path("reports/student_history.csv")
 
 

@@ -12,7 +12,7 @@ from mobileast.metrics import summary
 from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints
 from stages import run
 
-PARAMS = ["data.sample_rate", "logits", "teacher.ensemble"]
+PARAMS = ["data.sample_rate", "data.split", "logits", "teacher.ensemble"]
 METRICS = Path("reports/teacher_metrics.json")
 ENSEMBLE_DIR = Path("models/ensemble")  # teacher.ensemble checkpoints live here (a DVC dependency)
 

@@ -10,7 +10,7 @@ from mobileast.tracking import is_main_process
 from mobileast.train import Outputs, resume_path
 from stages import run
 
-PARAMS = ["seed", "features", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train", "teacher.augment"]
+PARAMS = ["seed", "features", "teacher.split", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train", "teacher.augment"]
 HISTORY = Path("reports/teacher_history.csv")
 
 

@@ -145,7 +145,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         model, meta = build_teacher(teacher, params["features"])
         rate = int(meta["features"]["sample_rate"])
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
-                           _rate_key(meta), int(section["crops_per_recording"]), params["seed"])
+                           _rate_key(meta), int(section["crops_per_recording"]), params["seed"], teacher["split"])
         _train("teacher_train", model, meta, "teacher.", params, DistillLoss(method="none"),
                resampled, data, outputs, rt, (recordings, resampled), drop_logs=("kd",))
 
@@ -169,7 +169,8 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         loss_fn = DistillLoss.from_params(params)
     features, section = params["features"], params["train"]
     data = train_crops(recordings, resampled, int(features["sample_rate"]), params["logits"]["hop_s"],
-                       "logits.hop_s", "features.sample_rate", int(section["crops_per_recording"]), params["seed"])
+                       "logits.hop_s", "features.sample_rate", int(section["crops_per_recording"]), params["seed"],
+                       params["data"]["split"])
     teacher_logits = None if loss_fn.method == "none" else load_logits(logits_dir, data)
     with runtime(params["seed"]) as rt:
         model = build_student(params["student"], features)
@@ -222,7 +223,8 @@ def ensemble_checkpoints(main: Path, ensemble: Sequence[str | Path], ensemble_di
 
 def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], recordings: Path,
                         resampled: Path, out_dir: Path) -> dict[str, Any]:
-    """Stage teacher_logits: raw logits of every grid crop of the train recordings and of
+    """Stage teacher_logits: raw logits of every grid crop of the train recordings of
+    data.split (the student's) and of
     every evaluate clip (ensemble mean over `checkpoints`); returns the teacher's
     evaluate-fold metrics. Writes train.npy (rows = grid crops), train_index.npy (the
     grid: recording, start sample) and evaluate.npy."""
@@ -233,7 +235,7 @@ def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], 
     sample_rate = int(params["data"]["sample_rate"])
     teachers = load_teachers(checkpoints, device, sample_rate)
     crops = train_crops(recordings, resampled, sample_rate, logits_params["hop_s"], "logits.hop_s",
-                        "data.sample_rate")
+                        "data.sample_rate", split=params["data"]["split"])
     clips = evaluate_clips(resampled, sample_rate, "data.sample_rate")
     train = ensemble_logits(teachers, lambda: crops.grid_batches(batch_size), -(-crops.n_rows // batch_size),
                             device, "teacher logits, train crops", precision)
