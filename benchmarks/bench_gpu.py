@@ -4,7 +4,7 @@ and the projected wall time of the TAU22 recipes on this device (CUDA if present
 For the student (profile tau22-sub2 by default: preset, DKD, mixup, MixStyle) and the PaSST
 teacher (profile tau22-passt: full-size PaSST, patchout, mixup; random weights, same cost
 as the AudioSet checkpoint), at each precision (fp32, bf16):
-  full step:       what the engine's epoch loop does (mobileast.train._train_epoch):
+  full step:       what the engine's epoch loop does (mobileast.training.engine._train_epoch):
                    batches of RecordingCrops.epoch_batches from a memory-mapped store,
                    gathered and pinned one ahead in a background thread (inference.prefetch),
                    then optimizer_step with the real supervised_step (augmentation, frontend,
@@ -49,9 +49,11 @@ from mobileast.features import LogMel
 from mobileast.models import build_student
 from mobileast.models.passt import PaSST, PaSSTConfig
 from mobileast.profiles import apply, load_profile, profiles_dir
-from mobileast.recipes import supervised_step
 from mobileast.inference import predict, prefetch, resolve_precision
-from mobileast.train import Schedule, TrainSettings, optimizer_step
+from mobileast.training.engine import optimizer_step
+from mobileast.training.schedule import Schedule
+from mobileast.training.settings import TrainSettings
+from mobileast.training.supervised import supervised_step
 
 TAU22_TRAIN_RECORDINGS = 13_962  # 139,620 train-fold 1 s clips
 TAU22_EVALUATE_CLIPS = 29_680
@@ -173,7 +175,7 @@ def main() -> None:
                 lambda: (build_student(student_params["student"], features), LogMel(**features)),
                 student_params["augment"], DistillLoss.from_params(student_params), student_batch),
         Subject("PaSST", lambda: (PaSST(PaSSTConfig(**passt_cfg)), nn.Identity()),
-                teacher_params["teacher"]["augment"], DistillLoss("none"), passt_batch),
+                teacher_params["teacher"]["augment"], DistillLoss.cross_entropy(), passt_batch),
     ]
     precisions = args.precisions.split(",")
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"

@@ -1,6 +1,6 @@
 """Throughput of the teacher-logits dump (stage teacher_logits) on the train crop grid.
 
-Runs the dump's own code path, `mobileast.recipes.ensemble_logits` (which calls
+Runs the dump's own code path, `mobileast.teachers.ensemble_logits` (which calls
 `mobileast.inference.predict`: frontend + teacher, eval mode, no_grad), over the first
 `--batches` batches of `RecordingCrops(...).grid_batches(batch_size)` of the train
 recordings, with the teachers the stage uses (models/teacher.pt plus params.yaml
@@ -26,7 +26,7 @@ from _common import setup
 from mobileast.data.crops import Batch, RecordingCrops, train_crops
 from mobileast.deploy import frontend_for
 from mobileast.models import build_preset
-from mobileast.recipes import ensemble_logits, load_teachers
+from mobileast.teachers import ensemble_logits, load_teachers
 
 TEACHER = Path("models/teacher.pt")
 

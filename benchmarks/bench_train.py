@@ -1,9 +1,9 @@
 """Student training throughput and the overhead of the data pipeline around the model.
 
 Times two kinds of optimiser step on the student (params.yaml `student`, `train`):
-  full:       what the engine's epoch loop does per batch (mobileast.train._train_epoch):
-              next batch of train_crops.epoch_batches, then mobileast.train.optimizer_step
-              (LR from the schedule, the real mobileast.recipes.supervised_step: waveform
+  full:       what the engine's epoch loop does per batch (mobileast.training.engine._train_epoch):
+              next batch of train_crops.epoch_batches, then mobileast.training.engine.optimizer_step
+              (LR from the schedule, the real mobileast.training.supervised.supervised_step: waveform
               augmentation -> LogMel -> spectrogram augmentation -> student -> DKD loss with
               the teacher-logit lookup, backward, optimizer step);
   model-only: the same model, optimizer and loss on pre-made batches: log-mels computed
@@ -48,8 +48,9 @@ from mobileast.deploy import frontend_for
 from mobileast.distill import DistillLoss
 from mobileast.models import build_student
 from mobileast.models.mobileast import PRESETS
-from mobileast.recipes import supervised_step
-from mobileast.train import TrainSettings, optimizer_step
+from mobileast.training.engine import optimizer_step
+from mobileast.training.settings import TrainSettings
+from mobileast.training.supervised import supervised_step
 
 LOGITS = Path("data/teacher_logits/train.npy")
 PARTS = ("load", "wave_aug", "frontend", "spec_aug")

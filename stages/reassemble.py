@@ -12,7 +12,7 @@ from mobileast.data.splits import build_splits, split_folder
 from mobileast.data.store import read_report
 from stages import run
 
-PARAMS = ["data.source", "data.root", "data.split_dir", "data.split_seed"]  # the clip size comes from the store
+PARAMS = ["data.source", "data.root", "data.split_dir", "data.split_seed"]  # the clip size: the store's report
 
 
 def main() -> None:

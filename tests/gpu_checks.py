@@ -16,9 +16,12 @@ from mobileast.distill import DistillLoss
 from mobileast.features import LogMel
 from mobileast.models import build_student
 from mobileast.models.passt import PaSST, PaSSTConfig
-from mobileast.recipes import SPEC_AUGMENTS, supervised_step
 from mobileast.inference import predict
-from mobileast.train import Schedule, TrainSettings, optimizer_step
+from mobileast.training.engine import optimizer_step
+from mobileast.training.schedule import Schedule
+from mobileast.training.settings import TrainSettings
+from mobileast.training.supervised import supervised_step
+from stages.teacher_train import SPECTROGRAM_AUGMENTS
 
 PARAMS = load_params()
 STUDENT_FEATURES = {**PARAMS["features"], "n_mels": 64}  # the student recipe's frontend, fewer mel bins
@@ -55,7 +58,7 @@ def train_losses(name: str, precision: str, device: torch.device, steps: int = 6
     (supervised_step + optimizer_step, GradScaler for fp16), at `precision`."""
     model, frontend = MODELS[name](device)
     augment = augment or {k: {**v, "enabled": False} for k, v in PARAMS["augment"].items()}
-    step = supervised_step(frontend, Augmenter.from_params(augment, 32000), DistillLoss("none"),
+    step = supervised_step(frontend, Augmenter.from_params(augment, 32000), DistillLoss.cross_entropy(),
                            precision=precision)
     settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, optimizer="adamw", precision=precision,
                              schedule=Schedule(warmup="none", decay="constant"))
@@ -101,12 +104,13 @@ def augmented_distillation_losses(name: str, device: torch.device, guard=nullcon
     CutMix at p 0.5), the steps
     after the first (which creates the optimiser state) inside `guard()`; the losses."""
     model, frontend = MODELS[name](device)
-    augment = {k: {**v, "enabled": name == "student" or k not in SPEC_AUGMENTS}  # PaSST: its own SpecAugment
+    augment = {k: {**v, "enabled": name == "student" or k not in SPECTROGRAM_AUGMENTS}  # PaSST: its own SpecAugment
                for k, v in PARAMS["augment"].items()}
     augment["mixup"]["p"] = augment["cutmix"]["p"] = 0.5
     batch = fixed_batch(device)
     teacher_logits = torch.randn(len(batch), CLASSES, device=device)
-    step = supervised_step(frontend, Augmenter.from_params(augment, 32000), DistillLoss("dkd"), teacher_logits,
+    loss_fn = DistillLoss(method="dkd", alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20.0, ce_weight=1.0)
+    step = supervised_step(frontend, Augmenter.from_params(augment, 32000), loss_fn, teacher_logits,
                            precision="bf16")
     settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, optimizer="adamw", precision="bf16",
                              schedule=Schedule(warmup="none", decay="constant"))

@@ -165,7 +165,8 @@ def test_official_splits_must_be_nested_whole_and_complete(stores):
     write_official(folder, resampled, nested_sizes(n))
     clips = clips_of(resampled)
     last = sorted(clips.key.unique())[-1]
-    break_file(folder / "split10.csv", lambda t: pd.concat([t, pd.DataFrame({"filename": clips.filename[clips.key == last]})]))
+    extra = pd.DataFrame({"filename": clips.filename[clips.key == last]})
+    break_file(folder / "split10.csv", lambda t: pd.concat([t, extra]))
     with pytest.raises(InputError, match=rf"split25\.csv: 1 recordings of split10\.csv are missing .*: {last}"):
         splits.build_splits(resampled, recordings, folder, seed=0)
     write_official(folder, resampled, {**nested_sizes(n), 100: n - 1})

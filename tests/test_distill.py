@@ -1,5 +1,8 @@
+"""Distillation losses against slow references written from the formulas with loops, and
+against mdistiller's DKD code."""
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,7 +10,18 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from mobileast.params import load_params
-from mobileast.distill import DistillLoss, dkd_loss, dkd_parts, kd_loss, warmup_factor
+from mobileast.distill import DistillLoss, dkd_parts, kd_per_sample, warmup_factor
+
+
+def dkd_loss(zs, zt, y, alpha, beta, temperature):
+    """Batch means of alpha * TCKD + beta * NCKD (total) and of its parts, from dkd_parts."""
+    tckd, nckd = dkd_parts(zs, zt, y, temperature)
+    return SimpleNamespace(total=(alpha * tckd + beta * nckd).mean(), tckd=tckd.mean(), nckd=nckd.mean())
+
+
+def kd_loss(zs, zt, temperature):
+    """Batch-mean Hinton KD, from kd_per_sample."""
+    return kd_per_sample(zs, zt, temperature).mean()
 
 
 def softmax_list(z, T):
@@ -22,7 +36,7 @@ def kl_list(p, q):
 
 
 def slow_dkd(zs, zt, y, T):
-    """Per-sample (tckd, nckd) lists written from the SPEC formula with loops."""
+    """Per-sample (tckd, nckd) lists written from the DKD paper's formulas with loops."""
     tckd, nckd = [], []
     for s, t, c in zip(zs.tolist(), zt.tolist(), y.tolist()):
         ps, pt = softmax_list(s, T), softmax_list(t, T)
@@ -130,7 +144,7 @@ def test_extreme_logits_finite(c, T, method):
     zt = ((torch.rand(8, c, generator=g) > 0.5).float() * 2 - 1) * 1e4
     y = torch.randint(c, (8,), generator=g)
     zs.requires_grad_()
-    loss_fn = DistillLoss(method=method, temperature=T, warmup_epochs=1)
+    loss_fn = DistillLoss(method=method, alpha=1.0, beta=8.0, temperature=T, warmup_epochs=1, ce_weight=1.0)
     lam = torch.rand(8, generator=g)
     perm = torch.randperm(8, generator=g)
     loss, logs = loss_fn(zs, zt, y, zt[perm], y[perm], lam, epoch=1)
@@ -177,11 +191,11 @@ def test_mixup_weighting_is_per_source():
 def test_kd_and_none_methods():
     zs, zt, y = random_batch(16, 10, seed=6)
     ce = F.cross_entropy(zs, y)
-    loss, logs = DistillLoss(method="kd", temperature=2.0, warmup_epochs=1, ce_weight=0.3)(
+    loss, logs = DistillLoss(method="kd", alpha=0.0, beta=0.0, temperature=2.0, warmup_epochs=1, ce_weight=0.3)(
         zs, zt, y, epoch=5)
     assert_close(loss, 0.3 * ce + kd_loss(zs, zt, 2.0))
     assert "tckd" not in logs
-    loss, logs = DistillLoss(method="none", ce_weight=1.0)(zs, None, y, epoch=5)
+    loss, logs = DistillLoss.cross_entropy()(zs, None, y, epoch=5)
     assert_close(loss, ce)
     assert set(logs) == {"loss", "ce", "kd"} and logs["kd"] == 0  # no distillation term: kd is 0
 
@@ -204,5 +218,9 @@ def test_from_params_reads_project_params():
     loss_fn = DistillLoss.from_params(params)
     assert loss_fn.method == params["distill"]["method"]
     assert loss_fn.temperature == params["dkd"]["T"]
+    assert (loss_fn.alpha, loss_fn.beta, loss_fn.warmup_epochs, loss_fn.ce_weight) == \
+        (params["dkd"]["alpha"], params["dkd"]["beta"], params["dkd"]["warmup_epochs"], params["dkd"]["ce_weight"])
+    with pytest.raises(TypeError):  # no defaults that could silently differ from params.yaml
+        DistillLoss(method="dkd")
     with pytest.raises(ValueError):
         DistillLoss.from_params({"distill": {"method": "dkdd"}, "dkd": params["dkd"]})

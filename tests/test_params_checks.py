@@ -16,7 +16,8 @@ from mobileast.errors import ParamsError
 
 from mobileast.labels import SCENES
 
-from mobileast import data, distill, inference, paramsdoc, profiles, schema, train
+from mobileast import data, distill, inference, paramsdoc, profiles, schema
+from mobileast.training import schedule as training_schedule, settings as training_settings
 from mobileast.data import store, tau22
 from mobileast.labels import DEVICES
 from mobileast import models
@@ -27,10 +28,10 @@ from mobileast.data.crops import evaluate_clips, hop_samples, train_crops
 from mobileast.data.parallel import worker_count
 from mobileast.data.tau22 import load_dataset
 from mobileast.models import build_student
-from mobileast.recipes import build_teacher
+from mobileast.teachers import build_teacher
 from mobileast.schema import SCHEMA
 from mobileast.inference import resolve_precision
-from mobileast.train import TrainSettings
+from mobileast.training.settings import TrainSettings
 from stages import run
 from test_crops import make_clip_store, make_recordings_store
 
@@ -226,9 +227,9 @@ def test_the_schema_choices_are_the_codes():
     assert schema.SPLITS == store.SPLITS and store.FULL_SPLIT == max(store.SPLITS)
     assert schema.DEVICES == DEVICES
     assert schema.PRECISIONS == inference.PRECISIONS
-    assert schema.OPTIMIZERS == tuple(train.OPTIMIZERS)
-    assert schema.WARMUPS == train.WARMUPS
-    assert schema.DECAYS == train.DECAYS
+    assert schema.OPTIMIZERS == tuple(training_settings.OPTIMIZERS)
+    assert schema.WARMUPS == training_schedule.WARMUPS
+    assert schema.DECAYS == training_schedule.DECAYS
     assert schema.METHODS == distill.METHODS
     assert schema.CNN_PRESETS == tuple(cnn.PRESETS)
     assert schema.STUDENT_PRESETS == tuple(mobileast_models.PRESETS)

@@ -19,8 +19,10 @@ from mobileast.data.crops import RecordingCrops
 from mobileast.distill import DistillLoss
 from mobileast.features import LogMel
 from mobileast.plots import plot_history
-from mobileast.recipes import supervised_step
-from mobileast.train import Outputs, fit, runtime
+from mobileast.training.checkpoint import Outputs
+from mobileast.training.distributed import runtime
+from mobileast.training.engine import fit
+from mobileast.training.supervised import supervised_step
 from test_train import CLIP, FEATURES, META, make_stores, tiny_model, train_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ def student_history(stores, out: Path, method: str) -> Path:
     recordings, _ = stores
     data = RecordingCrops(recordings, "train", CLIP, 200, crops_per_recording=2, seed=0)
     teacher = torch.from_numpy(np.random.default_rng(0).normal(size=(data.n_rows, 10)).astype(np.float32))
-    loss = DistillLoss(method=method, alpha=1, beta=2, temperature=2, warmup_epochs=1)
+    loss = DistillLoss(method=method, alpha=1, beta=2, temperature=2, warmup_epochs=1, ce_weight=1)
     history = out / "reports" / "student_history.csv"
     with runtime(0) as rt:
         step = supervised_step(LogMel(**FEATURES).to(rt.device), Augmenter.from_params(AUGMENT, 8000), loss,

@@ -23,7 +23,8 @@ from mobileast.augment import HostDecisions, pitch_shift
 from mobileast.errors import ParamsError
 from mobileast.data.crops import RecordingCrops
 from mobileast.inference import Prefetcher, prefetch, resolve_precision
-from mobileast.train import TrainSettings, Runtime, _with_sync_bn
+from mobileast.training.distributed import Runtime, with_sync_bn
+from mobileast.training.settings import TrainSettings
 from test_train import CLIP, make_stores, train, train_settings
 
 CPU = torch.device("cpu")
@@ -112,7 +113,7 @@ def test_fp16_run_resumes_exactly_with_its_grad_scaler(stores, tmp_path):
         train(stores, tmp_path / "cut", settings, fail_at_epoch=2)
     assert torch.load(tmp_path / "cut" / "last.pt")["grad_scaler"]["scale"] > 0
     resumed, state = train(stores, tmp_path / "cut", settings)
-    assert resumed.history == reference.history
+    assert resumed == reference
     for key, value in state.items():
         torch.testing.assert_close(value, reference_state[key], rtol=0, atol=0)
 
@@ -147,10 +148,10 @@ def test_pitch_shift_bound_sizes_the_buffer_without_changing_the_result():
 
 def test_sync_bn_needs_cuda_and_is_a_no_op_for_one_process():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
-    settings = TrainSettings(epochs=1, batch_size=2, lr=1.0, sync_bn=True)
-    assert _with_sync_bn(model, settings, Runtime(CPU)) is model
+    assert with_sync_bn(model, True, Runtime(CPU)) is model
+    assert with_sync_bn(model, False, Runtime(CPU, rank=0, world_size=2)) is model
     with pytest.raises(ValueError, match="sync_bn needs CUDA"):
-        _with_sync_bn(model, settings, Runtime(CPU, rank=0, world_size=2))
+        with_sync_bn(model, True, Runtime(CPU, rank=0, world_size=2))
 
 
 def test_claim_gpus_gives_each_claimant_its_own_gpu(tmp_path):

@@ -24,7 +24,7 @@ from mobileast.distill import DistillLoss
 from mobileast.models import build_preset, build_student
 from mobileast.models.passt import PaSSTConfig
 from mobileast.schema import AUGMENT, SCHEMA
-from mobileast.train import TrainSettings
+from mobileast.training.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DIRECTORY = REPO / "profiles"
@@ -75,7 +75,7 @@ def test_submission_profiles_set_the_report_setting():
         assert (o["dkd.alpha"], o["dkd.beta"], o["dkd.T"]) == (5, 10, 4)
         assert o["augment.mixup.alpha"] == o["augment.mixstyle.alpha"] == 0.3
         assert o["augment.mixstyle.p"] == (0.6 if number in (1, 3) else 0.5)
-        assert o["train.epochs"] == 600 and o["train.schedule.decay_end_epoch"] == 400
+        assert o["train.epochs"] == 600 and o["train.schedule.decay_end_epoch"] == -200  # epoch 400
         assert [name for name in AUGMENT if o[f"augment.{name}.enabled"]] == ["mixup", "mixstyle"]
         assert (o["features.n_mels"], o["features.hop_length"], o["logits.hop_s"]) == (256, 500, 0.25)
 

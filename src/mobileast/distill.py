@@ -35,20 +35,13 @@ and reduces to the unmixed loss at lam in {0, 1}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 METHODS = ("dkd", "kd", "none")
-
-
-class DKDLoss(NamedTuple):
-    """Batch-mean DKD loss and its unweighted parts (TCKD, NCKD; each already x T^2)."""
-    total: Tensor
-    tckd: Tensor
-    nckd: Tensor
 
 
 def _kl_log(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -84,23 +77,11 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, target: Tensor,
     return _kl_log(t_b, s_b) * scale, _kl_log(t_hat, s_hat) * scale
 
 
-def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor,
-             alpha: float | Tensor, beta: float | Tensor, temperature: float) -> DKDLoss:
-    """Batch-mean DKD = alpha * TCKD + beta * NCKD (alpha, beta: floats or (B,) tensors)."""
-    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature)
-    return DKDLoss((alpha * tckd + beta * nckd).mean(), tckd.mean(), nckd.mean())
-
-
 def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton KD per sample: KL(softmax(z_t / T) || softmax(z_s / T)) * T^2, shape (B,)."""
     log_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits / temperature, dim=-1)
     return _kl_log(log_t, log_s) * temperature ** 2
-
-
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Batch-mean Hinton KD loss."""
-    return kd_per_sample(student_logits, teacher_logits, temperature).mean()
 
 
 def warmup_factor(epoch: float, warmup_epochs: float) -> float:
@@ -115,19 +96,26 @@ class DistillLoss:
     method: "dkd" (alpha * TCKD + beta * NCKD), "kd" (Hinton KD at temperature T) or
     "none" (CE only, teacher logits unused). With mixing (lam given) every term is the
     lam-weighted sum over the two sources, as described in the module docstring.
+    No field has a default: the values come from params (`from_params`), or, for the
+    teacher's plain cross-entropy, from `cross_entropy`.
     """
-    method: str = "dkd"
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
-    warmup_epochs: float = 20.0
-    ce_weight: float = 1.0
+    method: str
+    alpha: float
+    beta: float
+    temperature: float
+    warmup_epochs: float
+    ce_weight: float
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"distill.method must be one of {METHODS}, got {self.method!r}")
         if self.temperature <= 0:
             raise ValueError(f"dkd.T must be > 0, got {self.temperature}")
+
+    @classmethod
+    def cross_entropy(cls) -> "DistillLoss":
+        """Plain cross-entropy (method "none"; the distillation fields are unused)."""
+        return cls(method="none", alpha=0.0, beta=0.0, temperature=1.0, warmup_epochs=0.0, ce_weight=1.0)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "DistillLoss":

@@ -23,7 +23,7 @@ def save_figure(fig: Figure, path: str | Path) -> None:
 
 
 def plot_history(csv_path: str | Path, png_path: str | Path, title: str = "training") -> None:
-    """Training curves PNG from a per-epoch history CSV (as mobileast.train writes).
+    """Training curves PNG from a per-epoch history CSV (as mobileast.training.engine.fit writes).
 
     x = the `epoch` column (else the row number); one panel per quantity, with its
     train_/val_ variants on the same axes (e.g. train_loss and val_loss together); empty

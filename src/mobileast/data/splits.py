@@ -66,7 +66,8 @@ def read_split_file(path: Path) -> pd.Series:
     """The clip file names an official split file lists."""
     table = read_table(path, sep="\t")
     if "filename" not in table.columns:
-        raise InputError(f"{path}: expected a tab-separated column filename (found {', '.join(map(str, table.columns))})")
+        raise InputError(f"{path}: expected a tab-separated column filename "
+                         f"(found {', '.join(map(str, table.columns))})")
     if table.empty:
         raise InputError(f"{path} lists no files")
     return table.filename.astype(str)

@@ -15,9 +15,12 @@ from mobileast.params import load_params
 from mobileast.data.crops import train_crops
 from mobileast.deploy import frontend_for, load_checkpoint_model
 from mobileast.distill import DistillLoss
+from mobileast.features import LogMel
 from mobileast.models import build_preset, model_spec
-from mobileast.recipes import dump_teacher_logits, ensemble_checkpoints, load_logits, supervised_step, train_student
-from mobileast.train import Outputs
+from mobileast.training.checkpoint import Outputs
+from mobileast.training.supervised import supervised_step
+from stages.student_train import load_logits, train_student
+from stages.teacher_logits import dump_teacher_logits, ensemble_checkpoints
 from test_crops import make_clip_store, make_recordings_store
 
 RATE = 1600  # the tiny stores' "1 s"
@@ -81,7 +84,7 @@ class SpyLoss:
     """A DistillLoss that records what the step passes it."""
 
     def __init__(self):
-        self.inner, self.calls = DistillLoss(method="kd", temperature=2.0, warmup_epochs=0), []
+        self.inner, self.calls = DistillLoss(method="kd", alpha=0.0, beta=0.0, temperature=2.0, warmup_epochs=0, ce_weight=1.0), []
 
     def __call__(self, logits, z_a, y_a, z_b=None, y_b=None, lam=None, *, epoch):
         self.calls.append((z_a, y_a, z_b, y_b, lam))
@@ -93,7 +96,7 @@ def test_the_mixup_partner_gets_the_partner_crops_logits(stores, teacher, dumped
     logits = load_logits(dumped, crops)
     augmenter = Augmenter.from_params(ONLY_MIXUP, RATE)
     spy = SpyLoss()
-    step = supervised_step(frontend_for({"features": FEATURES}), augmenter, spy, logits)
+    step = supervised_step(LogMel(**FEATURES).eval(), augmenter, spy, logits)
     batch = next(crops.epoch_batches(epoch=0, batch_size=8))
     _, mix = augmenter.wave(batch.wave, torch.Generator().manual_seed(9))  # the draws the step will make
     step(build_preset("sub4", input_size=(16, 16)).eval(), batch, 0, torch.Generator().manual_seed(9))
