@@ -20,9 +20,8 @@ smallest split holding it (mobileast.data.store.split_recordings reads it).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import pandas as pd
@@ -74,7 +73,7 @@ def read_split_file(path: Path) -> pd.Series:
 
 
 def official_splits(recordings: pd.DataFrame, clips: pd.DataFrame, files: dict[int, Path],
-                    skipped: set[str] = frozenset()) -> np.ndarray:
+                    skipped: Collection[str] = ()) -> np.ndarray:
     """The smallest split of each of `recordings` (the recordings table) by the official `files`.
 
     `clips`: the train clips of the resampled store (filename and the recording fields);
@@ -126,7 +125,7 @@ def drawn_splits(recordings: pd.DataFrame, seed: int) -> np.ndarray:
     order = np.lexsort((rng.random(len(recordings)), position))  # ties (equal positions) in random order
     rank = np.empty(len(recordings), np.int64)
     rank[order] = np.arange(len(recordings))
-    sizes = np.array([math.ceil(len(recordings) * split / 100) for split in SPLITS])
+    sizes = np.array([-(-len(recordings) * split // 100) for split in SPLITS])  # ceil, in integers
     return np.array(SPLITS)[np.searchsorted(sizes, rank, side="right")]
 
 
