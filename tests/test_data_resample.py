@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,31 @@ def test_interrupted_write_leaves_no_partial_output(tiny_dataset, tmp_path, monk
             build(tiny_dataset, tmp)
     assert digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "resampled"]
+
+
+def test_a_float_wav_with_nan_samples_is_a_bad_file(write_dataset, tmp_path):
+    """Not silence in the store: the stage stops naming it, or skips and lists it."""
+    poisoned = sine(440, 44100)
+    poisoned[[100, 200]] = np.nan, np.inf
+    bad = "audio/bus-lyon-1-3-0-a.wav"
+    root = write_dataset({"audio/bus-lyon-1-1-0-a.wav": (sine(300, 44100), 44100, "FLOAT"),
+                          "audio/bus-lyon-1-2-0-a.wav": (sine(500, 44100), 44100, "FLOAT"),
+                          bad: (poisoned, 44100, "FLOAT"),
+                          "audio/bus-lyon-1-4-0-a.wav": (sine(700, 44100), 44100, "FLOAT")})
+    assert np.isnan(sf.read(root / bad)[0][100])  # the WAV really holds a NaN
+    reason = "2 non-finite samples (NaN or inf), the first at 0.0023 s"
+    with pytest.raises(DatasetError, match=rf"1 bad audio files.*: {bad} \({re.escape(reason)}\)"):
+        build(root, tmp_path / "error")
+    report = build(root, tmp_path / "skip", on_bad_file="skip")
+    assert report["skipped"] == [{"filename": bad, "fold": "train", "reason": reason}]
+    assert bad not in read_index(tmp_path / "skip").filename.tolist()
+
+
+def test_a_fold_left_empty_by_decoding_errors_stops_the_stage(write_dataset, tmp_path):
+    silent = np.zeros(44100)
+    silent[5] = np.nan
+    root = write_dataset({"audio/bus-lyon-1-1-0-a.wav": (sine(300, 44100), 44100, "FLOAT"),
+                          "audio/bus-lyon-1-2-0-a.wav": (silent, 44100, "FLOAT")})
+    with pytest.raises(DatasetError, match=r"every file of the evaluate fold .* 1 bad audio files: "
+                                           r"audio/bus-lyon-1-2-0-a.wav \(1 non-finite samples"):
+        build(root, tmp_path / "out", on_bad_file="skip")

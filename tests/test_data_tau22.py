@@ -150,3 +150,13 @@ def test_on_bad_file_must_be_known(tiny_dataset):
     bad_audio(tiny_dataset)
     with pytest.raises(ValueError, match="data.on_bad_file must be one of error, skip"):
         load(tiny_dataset, on_bad_file="ignore")
+
+
+def test_a_fold_whose_every_file_is_skipped_stops_naming_the_fold(write_dataset):
+    """on_bad_file: skip must not leave a fold empty (the later stages would fail, confusingly)."""
+    root = write_dataset({"audio/bus-lyon-1-1-0-a.wav": (np.zeros(44100), 44100, "PCM_16"),
+                          "audio/bus-lyon-1-2-0-a.wav": (np.zeros(20000), 44100, "PCM_16")})
+    with pytest.raises(DatasetError, match=r"every file of the evaluate fold \(evaluation_setup/fold1_evaluate.csv\) "
+                                           r"is bad, so data.on_bad_file: skip leaves it empty; 1 bad audio files: "
+                                           r"audio/bus-lyon-1-2-0-a.wav \(duration 0.454 s"):
+        load(root, on_bad_file="skip")

@@ -48,32 +48,62 @@ def test_params_are_exactly_what_the_script_declares(stage):
 
 
 
-def run_launcher(cwd: Path, bin_dir: Path) -> str:
-    """stages/python -c ... run from `cwd` with only `bin_dir` on PATH; its stdout."""
+def run_launcher(cwd: Path, bin_dir: Path) -> tuple[str, str]:
+    """stages/python -c ... run from `cwd` with only `bin_dir` on PATH -> (the interpreter, its PYTHONPATH)."""
     for tool in ("dirname",):  # what the launcher calls besides the shell's builtins
-        (bin_dir / tool).symlink_to(shutil.which(tool))
-    proc = subprocess.run([str(ROOT / "stages" / "python"), "-c", "import os; print(os.environ['PYTHONPATH'])"],
+        if not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = subprocess.run([str(ROOT / "stages" / "python"), "-c",
+                           "import os, sys; print(sys.executable); print(os.environ['PYTHONPATH'])"],
                           cwd=cwd, env={"PATH": str(bin_dir)}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    executable, pythonpath = proc.stdout.splitlines()
+    return executable, pythonpath
+
+
+def fake_venv(directory: Path) -> str:
+    """A .venv in `directory` whose python is this one; the path stages/python would run."""
+    (directory / ".venv" / "bin").mkdir(parents=True)
+    (directory / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    return str(directory / ".venv" / "bin" / "python")
+
+
+def fake_project(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "dvc.yaml").write_text("stages: {}\n")
+    return directory
 
 
 def test_stage_interpreter_is_the_venv_found_upwards(tmp_path):
     """From a DVC experiment copy inside the project: the project's .venv, the copy's src first."""
-    venv_bin = tmp_path / "project" / ".venv" / "bin"
-    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpx"
-    venv_bin.mkdir(parents=True)
-    copy.mkdir(parents=True)
-    (venv_bin / "python").symlink_to(sys.executable)
+    venv = fake_venv(fake_project(tmp_path / "project"))
+    copy = fake_project(tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpx")
     (tmp_path / "bin").mkdir()
-    assert run_launcher(copy, tmp_path / "bin") == str(copy / "src")
+    assert run_launcher(copy, tmp_path / "bin") == (venv, str(copy / "src"))
+    assert run_launcher(tmp_path / "project", tmp_path / "bin") == (venv, str(tmp_path / "project" / "src"))
+
+
+def test_stage_interpreter_never_comes_from_above_the_project(tmp_path):
+    """Another project's .venv in an ancestor directory is not run, from the checkout or from
+    an experiment copy; the project's own .venv is, even with another one above it."""
+    fake_venv(tmp_path)
+    project = fake_project(tmp_path / "work" / "project")
+    copy = fake_project(project / ".dvc" / "tmp" / "exps" / "tmpx")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(sys.executable)
+    python3 = str(tmp_path / "bin" / "python3")
+    assert run_launcher(project, tmp_path / "bin")[0] == python3
+    assert run_launcher(copy, tmp_path / "bin")[0] == python3
+    venv = fake_venv(project)
+    assert run_launcher(copy, tmp_path / "bin")[0] == venv
+    assert run_launcher(project, tmp_path / "bin")[0] == venv
 
 
 def test_stage_interpreter_without_a_venv_is_python3_on_path(tmp_path):
     """No .venv: `python3` (many systems have no `python`)."""
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python3").symlink_to(sys.executable)
-    assert run_launcher(tmp_path, tmp_path / "bin") == str(tmp_path / "src")
+    assert run_launcher(tmp_path, tmp_path / "bin") == (str(tmp_path / "bin" / "python3"), str(tmp_path / "src"))
 
 def declared_outs(stage: dict) -> dict[str, list[dict]]:
     """The stage's outs, metrics and plots as {kind: [{"path": ..., **flags}]}."""

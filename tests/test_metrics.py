@@ -160,6 +160,28 @@ def test_write_reports(data, tmp_path):
         [f"confusion_{n}.{e}" for n in results for e in ("csv", "png")] + ["results.md"])
 
 
+def test_write_reports_writes_the_metrics_last(data, tmp_path, monkeypatch):
+    """A failure while writing a confusion matrix leaves no new metrics file: DVC and users
+    take a new metrics.json for a finished evaluation."""
+    from mobileast import evaluate
+
+    def broken_plot(result, path, title):
+        if title == "student_int8":
+            raise OSError(28, "No space left on device")
+        plot(result, path, title)
+
+    plot = evaluate.plot_confusion
+    monkeypatch.setattr(evaluate, "plot_confusion", broken_plot)
+    metrics_path = tmp_path / "metrics.json"
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.write_reports(three_models(data), tmp_path / "reports", metrics_path)
+    assert not metrics_path.exists()
+    metrics_path.write_text('{"previous": {}}\n')
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.write_reports(three_models(data), tmp_path / "reports", metrics_path)
+    assert metrics_path.read_text() == '{"previous": {}}\n'
+
+
 def test_summary_omits_missing_figures():
     from mobileast import evaluate
 

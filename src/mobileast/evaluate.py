@@ -121,11 +121,11 @@ def write_reports(results: Results, reports_dir: str | Path, metrics_path: str |
     """Write every evaluation output; returns {name: path} of what was written.
 
     Files: `metrics_path`; in `reports_dir`: confusion_<model>.csv (DVC plot data),
-    confusion_<model>.png and results.md.
+    confusion_<model>.png and results.md. The metrics file comes last: a new one means
+    that every other output was written (it is what DVC and users read as done).
     """
     reports_dir = Path(reports_dir)
     written = {"metrics": Path(metrics_path)}
-    write_metrics(results, metrics_path)
     for name, result in results.items():
         written[f"confusion_{name}_csv"] = reports_dir / f"confusion_{name}.csv"
         written[f"confusion_{name}_png"] = reports_dir / f"confusion_{name}.png"
@@ -135,6 +135,7 @@ def write_reports(results: Results, reports_dir: str | Path, metrics_path: str |
     figures = {name: f"confusion_{name}.png" for name in results}
     with atomic_output(written["results_md"]) as tmp:
         tmp.write_text(results_markdown(results, figures))
+    write_metrics(results, metrics_path)
     return written
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -54,9 +55,35 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON with a final newline, atomically (same content, same bytes)."""
+    """Write `obj` as indented JSON with a final newline, atomically (same content, same bytes).
+
+    A NaN or infinite number raises ValueError naming the file and the key path of the
+    first one (e.g. `student_float.log_loss`): JSON has no such numbers (Python would write
+    `NaN`, which JSON readers reject), and one in an output means a broken result, not one
+    to record. Metrics that are undefined on purpose are written as null.
+    """
+    where = _non_finite(obj)
+    if where is not None:
+        raise ValueError(f"{path}: refusing to write the non-finite number {where[1]} at {where[0] or 'the top level'}")
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _non_finite(obj: Any, path: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or infinite float in `obj` (dicts, lists, tuples), else None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path, obj)
+    if isinstance(obj, dict):
+        items = ((f"{path}.{key}" if path else str(key), value) for key, value in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{path}[{index}]", value) for index, value in enumerate(obj))
+    else:
+        return None
+    for where, value in items:
+        found = _non_finite(value, where)
+        if found is not None:
+            return found
+    return None
 
 
 def file_md5(path: str | Path) -> str:

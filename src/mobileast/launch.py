@@ -12,11 +12,17 @@ processes; the logit dump and evaluation with 1):
 - Processes: with `nproc` > 1, a stage not yet under torchrun runs itself under
   `python -m torch.distributed.run --standalone --nproc_per_node nproc -m <module> [args]` and
   exits with its status, so `dvc repro` / `dvc exp run` run (and record) multi-GPU training
-  like any other stage; a SIGTERM to the stage (`dvc queue kill`) is passed on to torchrun,
-  which stops its workers. On CPU, nproc > 1 runs gloo processes (for tests; slower).
+  like any other stage. torchrun and its workers die with the stage: SIGINT, SIGTERM and
+  SIGHUP to the stage (`dvc queue kill`, Ctrl-C, a closed terminal) are passed on to
+  torchrun, which stops its workers, and the stage waits for it, so its GPU locks are held
+  until the workers are gone; a stage killed outright (SIGKILL: an OOM kill,
+  `dvc queue kill --force`) takes torchrun with it, and torchrun its workers, by the
+  parent-death signal of Linux (prctl PR_SET_PDEATHSIG; not available elsewhere). On CPU,
+  nproc > 1 runs gloo processes (for tests; slower).
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import glob
 import os
@@ -26,12 +32,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from mobileast.errors import ParamsError
 from mobileast.tracking import store_root
 
 LOCK_DIR = Path(".dvc") / "tmp" / "gpu-locks"
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to torchrun
+STAGE_PID = "MOBILEAST_STAGE_PID"  # set for torchrun: the pid of the stage process that started it
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WAIT_SECONDS = 5.0
 _held: list[IO[str]] = []  # the locks of this process's GPUs, released when it exits
 
@@ -79,12 +88,55 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; a no-op elsewhere).
+
+    A parent that died before the call is not noticed by the kernel, so the parent is
+    checked after it: `parent` is the expected parent's pid, when known; a torchrun worker
+    instead checks that its parent is still the torchrun that the stage (STAGE_PID) started.
+    Runs between fork and exec too (preexec_fn), so it only uses the pre-resolved prctl.
+    """
+    if _PRCTL is None:
+        return
+    _PRCTL(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL))  # prctl(int, unsigned long, ...)
+    if parent is not None:
+        orphaned = os.getppid() != parent
+    else:
+        stage = os.environ.get(STAGE_PID)
+        orphaned = stage is not None and _parent_of(os.getppid()) != int(stage)
+    if orphaned:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of process `pid` (from /proc), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rpartition(")")[2].split()[1])  # after "pid (comm) state"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PRCTL = _prctl()
+
+
 def prepare(nproc: int, module: str) -> int | None:
     """Take GPUs and processes for a training stage (module docstring); returns the exit
     status of the torchrun launch when this process started one, else None (go on training)."""
     if nproc < 1:
         raise ParamsError(f"params.yaml: nproc must be >= 1, got {nproc}")
     if under_torchrun():
+        die_with_parent()  # a worker: dies with its torchrun
         return None
     count = gpu_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -98,11 +150,23 @@ def prepare(nproc: int, module: str) -> int | None:
         print(f"{module}: using GPU(s) {os.environ['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     if nproc == 1:
         return None
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", module, *sys.argv[1:]]
-    launcher = subprocess.Popen(command, env=os.environ.copy())
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: launcher.send_signal(signum))
+    return run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                         f"--nproc_per_node={nproc}", "-m", module, *sys.argv[1:]])
+
+
+def run_torchrun(command: list[str]) -> int:
+    """Run the torchrun `command` tied to this process (module docstring) -> its exit status.
+
+    torchrun gets a process group of its own, so a Ctrl-C in the terminal reaches it once,
+    through this process, and not twice.
+    """
+    stage = os.getpid()
+    launcher = subprocess.Popen(command, env={**os.environ, STAGE_PID: str(stage)}, process_group=0,
+                                preexec_fn=lambda: die_with_parent(stage))
+    previous = {signum: signal.signal(signum, lambda signum, _frame: launcher.send_signal(signum))
+                for signum in FORWARDED}
     try:
         return launcher.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -10,14 +10,20 @@ import soxr
 INT16_SCALE = 32768.0  # float = int16 / INT16_SCALE
 
 
+class NonFiniteAudio(ValueError):
+    """An audio file holds NaN or infinite samples (only float WAVs can)."""
+
+
 def load_mono(path: str, sample_rate: int) -> np.ndarray:
     """Read an audio file as float32 mono at `sample_rate`.
 
     Channels are averaged (downmix); a file at another rate is resampled from its own
-    rate with soxr's high-quality ('HQ') filter. Errors of libsndfile propagate (the
-    dataset was checked before).
+    rate with soxr's high-quality ('HQ') filter. Errors of libsndfile propagate; NaN or
+    infinite samples raise NonFiniteAudio (resampling would smear them over their
+    neighbours, and int16 conversion would turn them into silence without a word).
     """
     audio, rate, _ = _decode(path)
+    check_finite(audio, rate)
     return resample(audio, rate, sample_rate)
 
 
@@ -39,9 +45,20 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int, int]:
         raise ValueError(f"{path}: not a readable audio file ({reason})") from e
     if len(audio) == 0:
         raise ValueError(f"{path}: no audio samples")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{path}: contains NaN or infinite samples")
+    try:
+        check_finite(audio, rate)
+    except NonFiniteAudio as e:
+        raise NonFiniteAudio(f"{path}: {e}") from None
     return audio, rate, channels
+
+
+def check_finite(audio: np.ndarray, rate: int) -> None:
+    """Raise NonFiniteAudio, with their count and the time of the first, if samples are NaN or infinite."""
+    finite = np.isfinite(audio)
+    if not finite.all():
+        first = np.flatnonzero(~finite)[0]
+        raise NonFiniteAudio(f"{np.count_nonzero(~finite)} non-finite samples (NaN or inf), "
+                             f"the first at {first / rate:.4f} s")
 
 
 def _decode(path: str | Path) -> tuple[np.ndarray, int, int]:

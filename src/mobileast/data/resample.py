@@ -12,8 +12,9 @@ preallocated fold .npy: no audio goes through the pool's pipes, no per-file Pyth
 is held, and memory per worker is one block (at most `Runner.chunks`' max_chunk clips).
 Every clip is stored with exactly clip_samples (1 s); clips within
 tau22.DURATION_TOLERANCE of 1 s are zero-padded or trimmed and counted in the report. A
-clip that fails to decode after passing the header check is left out of the index (with
-on_bad_file: skip); its slot stays zero.
+clip that fails to decode after passing the header check, or holds NaN or infinite
+samples (a float WAV), is left out of the index (with on_bad_file: skip); its slot stays
+zero.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import pandas as pd
 
 from mobileast.progress import progress
 from mobileast.data import tau22
-from mobileast.data.audio import load_mono, to_int16
+from mobileast.data.audio import NonFiniteAudio, load_mono, to_int16
 from mobileast.data.parallel import runner, shared
 from mobileast.data.reassemble import REASSEMBLED_FOLD, plan_slots
 from mobileast.data.store import FOLDS, INDEX_FILE, allocate_store, write_rows
@@ -54,6 +55,9 @@ def _resample_task(task: tuple[str, int, int, int]) -> tuple[int, int, list[tupl
         path = os.path.join(root, name)
         try:
             audio = load_mono(path, sample_rate)
+        except NonFiniteAudio as error:
+            problems.append((start + row, str(error)))
+            continue
         except (RuntimeError, ValueError) as error:  # libsndfile/soxr: content unreadable after all
             problems.append((start + row, tau22.unreadable(error, path, name)))
             continue
@@ -71,8 +75,8 @@ def fold_slots(clips: pd.DataFrame, fold: str) -> np.ndarray:
 def resample_folds(dataset: tau22.Dataset, out_dir: Path, sample_rate: int, workers: int,
                    on_bad_file: str) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Write `<fold>.npy` for every fold into out_dir on `workers` processes; return (index
-    table, skipped files). Files that passed the header check but fail to decode are
-    handled per on_bad_file."""
+    table, skipped files). Files that passed the header check but fail to decode or hold
+    non-finite samples are handled per on_bad_file."""
     clip = clip_samples(sample_rate)
     clips = dataset.clips
     slots = np.zeros(len(clips), np.int64)
@@ -120,6 +124,7 @@ def build_store(root: Path, out_dir: Path, *, sample_rate: int, workers: int, on
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = tau22.load_dataset(root, workers, on_bad_file)
     index, failed = resample_folds(dataset, out_dir, sample_rate, workers, on_bad_file)
+    tau22.check_folds_left(index, dataset.skipped + failed, root)
     index.to_csv(out_dir / INDEX_FILE, index=False, lineterminator="\n")
     clips = dataset.clips
     return {

@@ -10,8 +10,9 @@ Layout of the TAU22 development set, read as-is for the real dataset and for the
 Everything is validated before any audio is processed, so a broken dataset fails in
 seconds, not after an hour of resampling. Inconsistent metadata is always an error (it
 means the wrong files or a damaged download); a bad audio file (missing, unreadable,
-unsupported format, not 1 s long) stops the stage or, with `data.on_bad_file: skip`, is
-left out and listed in the stage report. Every message names the files and the count.
+unsupported format, not 1 s long; NaN or infinite samples, found when it is decoded)
+stops the stage or, with `data.on_bad_file: skip`, is left out and listed in the stage
+report, unless that leaves a fold empty. Every message names the files and the count.
 """
 from __future__ import annotations
 
@@ -296,6 +297,17 @@ def bad_files(clips: pd.DataFrame, problems: dict[int, str], on_bad_file: str, r
     return skipped
 
 
+def check_folds_left(clips: pd.DataFrame, skipped: list[dict[str, str]], root: Path) -> None:
+    """Raise DatasetError when on_bad_file: skip left a fold without clips (`clips`: those
+    kept, `skipped`: those left out): every file it lists is bad, and no later stage can
+    train or evaluate on nothing."""
+    for fold in FOLDS:
+        if not (clips.fold == fold).any():
+            bad = [f"{item['filename']} ({item['reason']})" for item in skipped if item["fold"] == fold]
+            raise DatasetError(f"{root}: every file of the {fold} fold ({SETUP_DIR}/{FOLD_FILES[fold]}) is bad, "
+                               f"so data.on_bad_file: skip leaves it empty; " + describe("bad audio files", bad))
+
+
 def load_dataset(root: Path, workers: int, on_bad_file: str = "error") -> Dataset:
     """Validate metadata and audio headers of a dataset in TAU22 layout (headers read on
     `workers` processes); see Dataset. `on_bad_file` is checked first, before any file is read."""
@@ -308,4 +320,5 @@ def load_dataset(root: Path, workers: int, on_bad_file: str = "error") -> Datase
     keep = np.ones(len(clips), bool)
     keep[list(problems)] = False
     clips = pd.concat([clips, info], axis=1)[keep].reset_index(drop=True)
+    check_folds_left(clips, skipped, root)
     return Dataset(root, clips, skipped)

@@ -1,0 +1,501 @@
+"""The fault matrix: each fault done to the real stage and command code, and what came of it.
+
+    .venv/bin/python benchmarks/faults.py              # every row
+    .venv/bin/python benchmarks/faults.py --fast       # the rows `make test` runs too
+    .venv/bin/python benchmarks/faults.py --only nan-float-wav zip-slip
+
+Every row works in a scratch folder of its own, on a tiny generated dataset in the TAU22
+layout, with this checkout's code (its `stages/` and `src/`), and prints one line of a
+markdown table: the fault, what was done, what the user saw (the first line the command
+wrote to stderr), what was lost or left running ("nothing lost" when nothing was), the
+time to recover (to a good state again: the rerun that succeeds, or the processes gone;
+"none needed" when the fault changed nothing)
+and passed/FAILED. A row fails when anything was lost or left running, when the message
+does not say what happened, or when the recovery does not succeed. Exits 1 if a row failed.
+
+A row is a function taking a Scratch and returning a Row, registered with @fault(name,
+fast=...); `fast` rows take a few seconds and run in `make test` (tests/test_faults.py).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import psutil
+import soundfile as sf
+import yaml
+
+from mobileast.data import RESAMPLED_DIR, download, tau22
+from mobileast.data.store import read_index
+from mobileast.labels import SCENES
+
+REPO = Path(__file__).resolve().parents[1]
+NOTHING_LOST = "nothing lost"
+GONE_WITHIN_S = 10.0  # processes still running this long after their stage ended count as left running
+
+
+@dataclass
+class Row:
+    """One fault's outcome. `problems`: what was lost, left running or not said; none = passed."""
+
+    done: str
+    saw: str = ""
+    problems: list[str] = field(default_factory=list)
+    recover_s: float | None = None  # None: nothing to recover from
+
+    def expect(self, condition: bool, problem: str) -> bool:
+        if not condition:
+            self.problems.append(problem)
+        return condition
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    run: Callable[["Scratch"], Row]
+    fast: bool
+
+
+FAULTS: list[Fault] = []
+
+
+def fault(name: str, fast: bool) -> Callable[[Callable[["Scratch"], Row]], Callable[["Scratch"], Row]]:
+    """Register a row function under `name` (the order of registration is the table's)."""
+    def register(run: Callable[[Scratch], Row]) -> Callable[[Scratch], Row]:
+        FAULTS.append(Fault(name, run, fast))
+        return run
+    return register
+
+
+@dataclass
+class Run:
+    """A finished command: exit status, its output, and its wall time."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def first_line(self) -> str:
+        """The first non-empty stderr line (what a user reads first)."""
+        return next((line.strip() for line in self.stderr.splitlines() if line.strip()), "(nothing)")
+
+
+class Scratch:
+    """A scratch folder for one row, with helpers to build a project and run this checkout's code in it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]),
+                    "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",  # CPU processes, GPU or not
+                    "TQDM_DISABLE": "1"}  # no progress lines: the first stderr line is the message
+
+    def project(self, params: dict, name: str = "project") -> Path:
+        """A project folder: the repository's dvc.yaml and the given params.yaml."""
+        project = self.folder / name
+        project.mkdir()
+        (project / "dvc.yaml").write_bytes((REPO / "dvc.yaml").read_bytes())
+        write_params(project, params)
+        return project
+
+    def popen(self, args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=self.env, text=True, **kwargs)
+
+    def run(self, args: list[str], cwd: Path, timeout: float = 300) -> Run:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, *args], cwd=cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
+
+    def stage(self, project: Path, name: str) -> Run:
+        """`python -m stages.<name>` in `project`, as dvc.yaml runs it."""
+        return self.run(["-m", f"stages.{name}"], project)
+
+
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+# --- a tiny dataset in the TAU22 layout --------------------------------------------------
+
+RATE = 44100
+
+
+def clip(seed: int) -> np.ndarray:
+    """1 s of quiet noise, as a float WAV of the dataset holds it."""
+    return (0.1 * np.random.default_rng(seed).standard_normal(RATE)).astype(np.float32)
+
+
+def tiny_dataset(root: Path, train: int = 4, evaluate: int = 2) -> dict[str, list[str]]:
+    """Write `train` + `evaluate` float-WAV clips and the metadata -> {fold: [file names]}."""
+    (root / "audio").mkdir(parents=True)
+    rows, names = [], {"train": [], "evaluate": []}
+    for i in range(train + evaluate):
+        fold = "train" if i < train else "evaluate"
+        scene, city = SCENES[i % len(SCENES)], ("lyon" if fold == "train" else "milan")
+        name = tau22.clip_filename(scene, city, "1", str(i), 0, "a")
+        sf.write(root / name, clip(i), RATE, subtype="FLOAT")
+        rows.append((name, scene, f"{city}-1", "a", fold))
+        names[fold].append(name)
+    tau22.write_metadata(root, pd.DataFrame(rows, columns=["filename", "scene_label", "identifier", "device", "fold"]))
+    return names
+
+
+def data_params(dataset: Path, **values) -> dict:
+    return {"data": {"source": "tau22", "root": str(dataset), "on_bad_file": "error", "sample_rate": 16000,
+                     "workers": 1, **values}}
+
+
+def poison(path: Path) -> None:
+    """NaN and inf samples in a float WAV, as a broken recorder or converter writes them."""
+    audio, rate = sf.read(path, dtype="float32")
+    audio[[1000, 2000]] = np.nan, np.inf
+    sf.write(path, audio, rate, subtype="FLOAT")
+
+
+def no_traceback(row: Row, run: Run) -> None:
+    row.expect("Traceback" not in run.stderr, "a traceback instead of a message")
+
+
+def no_store(row: Row, project: Path) -> None:
+    """The failed run wrote no resampled store, not even a partial one."""
+    left = sorted(p.name for p in (project / "data").iterdir()) if (project / "data").exists() else []
+    row.expect(not left, f"the failed run left data/{', data/'.join(left)}")
+
+
+# --- data stages -------------------------------------------------------------------------
+
+@fault("nan-float-wav", fast=True)
+def nan_float_wav(scratch: Scratch) -> Row:
+    dataset = scratch.folder / "dataset"
+    bad = tiny_dataset(dataset)["train"][1]
+    poison(dataset / bad)
+    project = scratch.project(data_params(dataset))
+    row = Row(f"NaN and inf samples in the float WAV {bad}; stage resample (on_bad_file: error)")
+    run = scratch.stage(project, "resample")
+    row.saw = run.first_line
+    row.expect(run.returncode == 1, f"exit status {run.returncode}, expected 1")
+    row.expect(bad in run.first_line and "non-finite samples" in run.first_line, "the message names no file or problem")
+    no_traceback(row, run)
+    no_store(row, project)
+    write_params(project, data_params(dataset, on_bad_file="skip"))
+    rerun = scratch.stage(project, "resample")
+    row.recover_s = rerun.seconds
+    if row.expect(rerun.returncode == 0, f"the rerun with on_bad_file: skip failed: {rerun.first_line}"):
+        report = json.loads((project / RESAMPLED_DIR / "report.json").read_text())
+        row.expect([item["filename"] for item in report["skipped"]] == [bad], "the report does not list the file")
+        row.expect(bad not in set(read_index(project / RESAMPLED_DIR).filename), "the file is in the store")
+    return row
+
+
+@fault("all-files-of-a-fold-skipped", fast=True)
+def all_skipped(scratch: Scratch) -> Row:
+    dataset = scratch.folder / "dataset"
+    evaluate = tiny_dataset(dataset)["evaluate"]
+    originals = {name: (dataset / name).read_bytes() for name in evaluate}
+    for name in evaluate:
+        poison(dataset / name)
+    project = scratch.project(data_params(dataset, on_bad_file="skip"))
+    row = Row("every evaluate file bad (NaN samples); stage resample with on_bad_file: skip")
+    run = scratch.stage(project, "resample")
+    row.saw = run.first_line
+    row.expect(run.returncode == 1, f"exit status {run.returncode}, expected 1")
+    row.expect("every file of the evaluate fold" in run.first_line, "the message does not say the fold is empty")
+    no_traceback(row, run)
+    no_store(row, project)
+    for name, data in originals.items():  # the user replaces the broken files
+        (dataset / name).write_bytes(data)
+    rerun = scratch.stage(project, "resample")
+    row.recover_s = rerun.seconds
+    row.expect(rerun.returncode == 0, f"the rerun with the files replaced failed: {rerun.first_line}")
+    return row
+
+
+@fault("wrong-param-types", fast=True)
+def wrong_param_types(scratch: Scratch) -> Row:
+    dataset = scratch.folder / "dataset"
+    tiny_dataset(dataset)
+    good = data_params(dataset)
+    project = scratch.project(good)
+    wrong = {"data.workers": {**good, "data": {**good["data"], "workers": "4"}},
+             "train.compile": {**good, "train": {"compile": "false"}}}
+    row = Row('data.workers: "4", then train.compile: "false" in params.yaml; stage resample')
+    saw = []
+    for key, params in wrong.items():
+        write_params(project, params)
+        run = scratch.stage(project, "resample")
+        saw.append(run.first_line)
+        row.expect(run.returncode == 1 and f"params.yaml: {key} must be" in run.first_line,
+                   f"{key}: exit status {run.returncode}, message {run.first_line!r}")
+        no_traceback(row, run)
+        no_store(row, project)
+    row.saw = " / ".join(saw)
+    write_params(project, good)
+    rerun = scratch.stage(project, "resample")
+    row.recover_s = rerun.seconds
+    row.expect(rerun.returncode == 0, f"the rerun with the values fixed failed: {rerun.first_line}")
+    return row
+
+
+# --- download ----------------------------------------------------------------------------
+
+PIECE = 1 << 14  # bytes a slow answer sends at a time
+
+
+class ArchiveServer:
+    """Files on 127.0.0.1 with HTTP range requests; a request for a `slow` file sends its
+    answer in small pieces, so that a client can be killed halfway. `ranges` logs (name, Range)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.slow: set[str] = set()
+        self.ranges: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                server.ranges.append((name, self.headers.get("Range")))
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                data = server.files[name]
+                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
+                if start >= len(data):
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                step = PIECE if name in server.slow else len(data)
+                try:
+                    for offset in range(start, len(data), step):
+                        self.wfile.write(data[offset:offset + step])
+                        self.wfile.flush()
+                        if name in server.slow:
+                            time.sleep(0.02)
+                except (BrokenPipeError, ConnectionResetError):  # the client was killed
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/{{name}}"
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+# `python -m mobileast download DEST` with the archive list and address of the local server
+DOWNLOAD = ("import runpy, sys, json\n"
+            "from mobileast.data import download\n"
+            "download.URL, download.ARCHIVES = sys.argv[1], json.loads(sys.argv[2])\n"
+            "sys.argv = ['mobileast', 'download', *sys.argv[3:]]\n"
+            "runpy.run_module('mobileast', run_name='__main__')\n")
+
+
+def download_args(server: ArchiveServer, archives: dict[str, bytes], dest: Path) -> list[str]:
+    md5 = {name: hashlib.md5(data).hexdigest() for name, data in archives.items()}
+    server.files.update(archives)
+    return ["-c", DOWNLOAD, server.url, json.dumps(md5), str(dest)]
+
+
+@fault("zip-slip-archive", fast=True)
+def zip_slip(scratch: Scratch) -> Row:
+    server = ArchiveServer()
+    try:
+        dest = scratch.folder / "downloads" / "tau22"
+        row = Row("python -m mobileast download of an archive with a member ../../../evil")
+        evil = zip_of({"TAU/meta.csv": b"filename\n", "../../../evil": b"owned"})
+        run = scratch.run(download_args(server, {"evil.zip": evil}, dest), scratch.folder)
+        row.saw = run.first_line
+        row.expect(run.returncode == 1 and "would be written outside" in run.first_line,
+                   f"exit status {run.returncode}, message {run.first_line!r}")
+        no_traceback(row, run)
+        escaped = [str(p) for p in scratch.folder.rglob("evil")]
+        row.expect(not escaped, f"written outside the destination: {', '.join(escaped)}")
+        row.expect(not (dest / "TAU").exists() and not (dest / download.SCRATCH / "evil.zip.done").exists(),
+                   "members of the refused archive were unpacked")
+        return row
+    finally:
+        server.close()
+
+
+@fault("interrupted-download", fast=True)
+def interrupted_download(scratch: Scratch) -> Row:
+    server = ArchiveServer()
+    try:
+        dest = scratch.folder / "tau22"
+        audio = np.random.default_rng(0).bytes(1 << 21)  # incompressible: the archive is as large
+        archives = {"x.meta.zip": zip_of({"TAU/meta.csv": b"filename\n"}), "x.audio.1.zip": zip_of({"TAU/a.wav": audio})}
+        server.slow.add("x.audio.1.zip")
+        args = download_args(server, archives, dest)
+        part = dest / download.SCRATCH / "x.audio.1.zip.part"
+        row = Row("kill -9 of python -m mobileast download halfway through its second archive, then run again")
+        proc = scratch.popen(args, scratch.folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (part.exists() and part.stat().st_size > len(archives["x.audio.1.zip"]) // 4):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.kill()
+        row.saw = (proc.communicate()[1].strip().splitlines() or ["(nothing: killed)"])[0]
+        kept = part.stat().st_size if part.exists() else 0
+        row.expect(0 < kept < len(archives["x.audio.1.zip"]), "the kill did not land halfway through the archive")
+        server.ranges.clear()
+        rerun = scratch.run(args, scratch.folder)
+        row.recover_s = rerun.seconds
+        row.expect(rerun.returncode == 0 and (dest / "TAU" / "a.wav").read_bytes() == audio,
+                   f"the resumed download failed: {rerun.first_line}")
+        row.expect(server.ranges == [("x.audio.1.zip", f"bytes={kept}-")],
+                   f"the rerun fetched {server.ranges}, not the rest of the partial archive alone")
+        return row
+    finally:
+        server.close()
+
+
+# --- torchrun ----------------------------------------------------------------------------
+
+GLOO_STAGE = """
+import os, sys, time
+from pathlib import Path
+from mobileast.launch import prepare
+status = prepare(2, __spec__.name)
+if status is not None:
+    raise SystemExit(status)
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+Path(sys.argv[1], f"worker{os.getpid()}").touch()
+gradient = torch.ones(10000)
+while True:  # as data-parallel training: the workers wait for each other in every all-reduce
+    dist.all_reduce(gradient)
+    time.sleep(0.01)
+"""
+
+
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def torchrun_stage(scratch: Scratch, signum: signal.Signals) -> Row:
+    """A stage with nproc 2 (gloo on CPU, through mobileast.launch) gets `signum` once both
+    workers exchange tensors."""
+    (scratch.folder / "gloo_stage.py").write_text(GLOO_STAGE)
+    scratch.env["PYTHONPATH"] = os.pathsep.join([str(scratch.folder), scratch.env["PYTHONPATH"]])
+    row = Row(f"{signum.name} to a stage running torchrun with nproc: 2 (gloo on CPU), both workers in all-reduce")
+    stage = scratch.popen(["-m", "gloo_stage", str(scratch.folder)], scratch.folder,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    family: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(scratch.folder.glob("worker*"))) < 2:
+            if time.monotonic() > deadline or stage.poll() is not None:
+                row.problems.append("the workers did not start")
+                return row
+            time.sleep(0.05)
+        family = psutil.Process(stage.pid).children(recursive=True)  # torchrun and its two workers
+        start = time.perf_counter()
+        stage.send_signal(signum)
+        row.saw = (stage.communicate(timeout=60)[1].strip().splitlines() or ["(nothing: killed)"])[0]
+        if signum != signal.SIGKILL:
+            row.expect(not running(family[:1]), "torchrun outlived the stage (and its GPU locks)")
+        while running(family) and time.perf_counter() - start < GONE_WITHIN_S:
+            time.sleep(0.05)
+        row.recover_s = time.perf_counter() - start
+        left = running(family)
+        row.expect(not left, f"left running: {', '.join(str(p.pid) for p in left)}")
+        return row
+    finally:
+        stage.kill()
+        stage.wait()
+        for process in running(family):
+            process.kill()
+
+
+@fault("torchrun-SIGINT", fast=False)
+def torchrun_sigint(scratch: Scratch) -> Row:
+    return torchrun_stage(scratch, signal.SIGINT)
+
+
+@fault("torchrun-SIGKILL", fast=False)
+def torchrun_sigkill(scratch: Scratch) -> Row:
+    return torchrun_stage(scratch, signal.SIGKILL)
+
+
+# --- the table ---------------------------------------------------------------------------
+
+def run_fault(item: Fault) -> Row:
+    """Run one row in a scratch folder of its own; an exception is a failed row."""
+    with tempfile.TemporaryDirectory(prefix=f"fault-{item.name}-") as folder:
+        try:
+            return item.run(Scratch(Path(folder)))
+        except Exception as error:  # a row that breaks is reported as FAILED, not as a crash of the matrix
+            lines = traceback.format_exception_only(error)
+            return Row("(the row itself failed)", problems=[lines[-1].strip()])
+
+
+def table_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fast", action="store_true", help="only the fast rows (those `make test` runs)")
+    parser.add_argument("--only", nargs="+", metavar="FAULT", choices=[f.name for f in FAULTS],
+                        help="only these rows")
+    args = parser.parse_args(argv)
+    chosen = [f for f in FAULTS if (not args.fast or f.fast) and (not args.only or f.name in args.only)]
+    print(table_line(["fault", "what was done", "what the user saw", "lost or left running",
+                      "time to recover", "result"]))
+    print(table_line(["---"] * 6))
+    failed = 0
+    for item in chosen:
+        row = run_fault(item)
+        failed += bool(row.problems)
+        recover = "none needed" if row.recover_s is None else f"{row.recover_s:.1f} s"
+        print(table_line([item.name, row.done, row.saw, "; ".join(row.problems) or NOTHING_LOST, recover,
+                          "FAILED" if row.problems else "passed"]), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
