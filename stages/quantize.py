@@ -9,7 +9,7 @@ from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.quantize import quantize_student
 from stages import run
 
-PARAMS = ["seed", "quant", "logits.hop_s"]
+PARAMS = ["seed", "quant", "logits.hop_s", "data.split"]
 REPORT = Path("reports/quantize.json")
 
 
@@ -18,7 +18,7 @@ def main() -> None:
     with tracking.start_run("quantize", params):
         summary = quantize_student(Path("models/student.pt"), RECORDINGS_DIR, RESAMPLED_DIR,
                                    Path("models/student_int8.pt"), params["quant"], params["logits"]["hop_s"],
-                                   params["seed"])
+                                   params["seed"], params["data"]["split"])
         tracking.log_metrics({k: v for k, v in flatten(summary).items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
     write_json(REPORT, summary)

@@ -26,7 +26,7 @@ from mobileast.training.engine import EpochCallback
 from mobileast.training.supervised import train_supervised
 from stages import run
 
-PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s"]
+PARAMS = ["seed", "features", "student", "train", "distill", "dkd", "augment", "logits.hop_s", "data.split"]
 HISTORY = Path("reports/student_history.csv")
 LOGITS = Path("data/teacher_logits")
 
@@ -50,7 +50,8 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         loss_fn = DistillLoss.from_params(params)
     features, section = params["features"], params["train"]
     data = train_crops(recordings, resampled, int(features["sample_rate"]), params["logits"]["hop_s"],
-                       "logits.hop_s", "features.sample_rate", int(section["crops_per_recording"]), params["seed"])
+                       "logits.hop_s", "features.sample_rate", int(section["crops_per_recording"]), params["seed"],
+                       params["data"]["split"])
     teacher_logits = None if loss_fn.method == "none" else load_logits(logits_dir, data)
     with runtime(params["seed"]) as rt:
         model = build_student(params["student"], features)

@@ -1,4 +1,4 @@
-"""Stage teacher_logits: raw teacher logits on the crop grid of every train recording and
+"""Stage teacher_logits: raw teacher logits on the crop grid of every train recording of data.split and
 for every evaluate clip -> data/teacher_logits/, teacher metrics -> reports/teacher_metrics.json.
 models/teacher.pt and the `teacher.ensemble` checkpoints (in models/ensemble/) are averaged."""
 from pathlib import Path
@@ -20,7 +20,7 @@ from mobileast.params import flatten, stage_params
 from mobileast.teachers import ensemble_logits, load_teachers
 from stages import run
 
-PARAMS = ["data.sample_rate", "logits", "teacher.ensemble"]
+PARAMS = ["data.sample_rate", "data.split", "logits", "teacher.ensemble"]
 METRICS = Path("reports/teacher_metrics.json")
 ENSEMBLE_DIR = Path("models/ensemble")  # teacher.ensemble checkpoints live here (a DVC dependency)
 
@@ -41,9 +41,9 @@ def ensemble_checkpoints(main: Path, ensemble: Sequence[str | Path], ensemble_di
 
 def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], recordings: Path,
                         resampled: Path, out_dir: Path) -> dict[str, Any]:
-    """Raw logits of every grid crop of the train recordings and of every evaluate clip
-    (ensemble mean over `checkpoints`); returns the teacher's evaluate-fold metrics.
-    Writes train.npy (rows = grid crops), train_index.npy (the grid: recording, start
+    """Raw logits of every grid crop of the train recordings of data.split (the student's
+    split) and of every evaluate clip (ensemble mean over `checkpoints`); returns the
+    teacher's evaluate-fold metrics. Writes train.npy (rows = grid crops), train_index.npy (the grid: recording, start
     sample) and evaluate.npy."""
     logits_params = params["logits"]
     batch_size = int(logits_params["batch_size"])
@@ -52,7 +52,7 @@ def dump_teacher_logits(params: Mapping[str, Any], checkpoints: Sequence[Path], 
     sample_rate = int(params["data"]["sample_rate"])
     teachers = load_teachers(checkpoints, device, sample_rate)
     crops = train_crops(recordings, resampled, sample_rate, logits_params["hop_s"], "logits.hop_s",
-                        "data.sample_rate")
+                        "data.sample_rate", split=params["data"]["split"])
     clips = evaluate_clips(resampled, sample_rate, "data.sample_rate")
     train = ensemble_logits(teachers, lambda: crops.grid_batches(batch_size), -(-crops.n_rows // batch_size),
                             device, "teacher logits, train crops", precision)

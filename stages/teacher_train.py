@@ -18,7 +18,8 @@ from mobileast.training.engine import EpochCallback
 from mobileast.training.supervised import rate_key, train_supervised
 from stages import run
 
-PARAMS = ["seed", "features", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train", "teacher.augment"]
+PARAMS = ["seed", "features", "teacher.split", "teacher.arch", "teacher.cnn", "teacher.passt", "teacher.train",
+          "teacher.augment"]
 HISTORY = Path("reports/teacher_history.csv")
 SPECTROGRAM_AUGMENTS = ("mixstyle", "cutmix", "masking")
 
@@ -37,7 +38,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
         model, meta = build_teacher(teacher, params["features"])
         rate = int(meta["features"]["sample_rate"])
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
-                           rate_key(meta), int(section["crops_per_recording"]), params["seed"])
+                           rate_key(meta), int(section["crops_per_recording"]), params["seed"], teacher["split"])
         train_supervised(model, meta, "teacher.", params, DistillLoss.cross_entropy(), resampled, data, outputs, rt,
                          (recordings, resampled), stage_code(__spec__.name), drop_logs=("kd",), on_epoch=on_epoch)
 

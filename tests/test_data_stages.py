@@ -28,7 +28,8 @@ def project(tmp_path, make_demo_config):
     demo = {key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(make_demo_config()).items()}
     params = {"data": {"source": "demo", "root": "data/demo", "on_bad_file": "error", "sample_rate": 16000,
-                       "workers": 2}, "demo": demo}
+                       "workers": 2, "split": 100, "split_dir": "evaluation_setup", "split_seed": 0},
+              "demo": demo}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
@@ -48,8 +49,11 @@ def test_demo_pipeline(project):
     assert report["source"] == "demo" and report["sample_rate"] == 16000 and report["skipped"] == []
     recordings = json.loads((project / "data/recordings/report.json").read_text())
     assert recordings["clips"] == report["folds"]["train"]["clips"]
+    assert recordings["splits"]["source"] == "drawn"  # the demo has no split files
+    assert recordings["splits"]["recordings"]["100"] == recordings["recordings"]
     assert sorted(p.name for p in (project / "data").iterdir()) == ["demo", "recordings", "resampled"]
-    assert sorted(p.name for p in (project / "data/recordings").iterdir()) == ["recordings.csv", "report.json"]
+    assert sorted(p.name for p in (project / "data/recordings").iterdir()) == ["recordings.csv", "report.json",
+                                                                               "splits.csv"]
 
 
 def test_tau22_source_with_a_bad_file_fails_cleanly(project, tiny_dataset):
@@ -97,7 +101,7 @@ def test_a_typo_in_params_stops_the_stage_naming_it(project):
     result = run_stage(project, "demo_data")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "unknown key 'on_bad_fle' in section 'data' (known keys: on_bad_file, root, sample_rate, source, " \
-           "workers)" in result.stderr
+           "split, split_dir, split_seed, workers)" in result.stderr
 
 
 def test_a_killed_stage_leaves_a_scratch_directory_that_the_next_run_removes(project):

@@ -164,8 +164,9 @@ def test_dvc_deps_check_names_stage_and_file_and_write_mends(tmp_path, capsys):
     assert dvcdeps.main(["--check", "--root", str(copy)]) == 1
     assert capsys.readouterr().out.splitlines() == [
         "dvc.yaml: stage reassemble: deps lack src/mobileast/data/store.py (imported by stages/reassemble.py)",
-        "dvc.yaml: stage student_train: params are [seed, features, student, train, distill, dkd, augment] but "
-        "stages/student_train.py declares PARAMS [seed, features, student, train, distill, dkd, augment, logits.hop_s]",
+        "dvc.yaml: stage student_train: params are [seed, features, student, train, distill, dkd, augment, data.split] "
+        "but stages/student_train.py declares PARAMS [seed, features, student, train, distill, dkd, augment, "
+        "logits.hop_s, data.split]",
         "dvc.yaml: stage complexity: deps lack src/mobileast/plots.py (imported by stages/complexity.py)",
         "dvc.yaml: stage evaluate: deps list src/mobileast/progress.py, which is no dependency of any stage "
         f"({dvcdeps.UNTRACKED_CODE['src/mobileast/progress.py']})",

@@ -18,7 +18,7 @@ from mobileast.labels import SCENES
 
 from mobileast import data, distill, inference, paramsdoc, profiles, schema
 from mobileast.training import schedule as training_schedule, settings as training_settings
-from mobileast.data import tau22
+from mobileast.data import store, tau22
 from mobileast.labels import DEVICES
 from mobileast import models
 from mobileast.models import cnn, mobileast as mobileast_models
@@ -155,6 +155,7 @@ def with_value(key: str, value: object) -> dict:
     ("student.custom", [1], r"student.custom must be a mapping or null, got \[1\]"),
     ("train.lr", None, "train.lr must be a number, got None"),
     ("features.f_max", "8000", "features.f_max must be a number or null, got '8000'"),
+    ("teacher.split", "25", "teacher.split must be an integer, got '25'"),
 ])
 def test_a_value_of_the_wrong_type_is_named_with_its_key_and_section(key, value, message):
     with pytest.raises(ParamsError, match=f"^params.yaml: {message}$"):
@@ -169,6 +170,7 @@ def test_a_value_of_the_wrong_type_is_named_with_its_key_and_section(key, value,
                                       "'teacher_cnn'"),
     ("demo.eval_devices", ["a", "s7"], r"demo.eval_devices must be a list of items from a, b, c, s1, s2, s3, s4, "
                                        r"s5, s6, got \['a', 's7'\]"),
+    ("data.split", 20, "data.split must be one of 5, 10, 25, 50, 100, got 20"),  # a number with choices
 ])
 def test_a_value_that_is_no_choice_is_named_with_the_choices(key, value, message):
     with pytest.raises(ParamsError, match=f"^params.yaml: {message}$"):
@@ -193,7 +195,7 @@ def test_a_value_out_of_range_is_named_with_the_range(key, value, message):
     ("features.f_max", None), ("features.f_max", 16000),
     ("train.schedule.decay_end_epoch", None), ("train.schedule.decay_end_epoch", -2),
     ("train.schedule.decay_end_epoch", 7.5), ("teacher.ensemble", []), ("student.custom", {"depth": 2}),
-    ("student.custom", None),
+    ("student.custom", None), ("data.split", 25), ("teacher.split", 5),
 ])
 def test_values_the_schema_allows_pass(key, value):
     check_params(with_value(key, value))
@@ -222,6 +224,7 @@ def test_the_schema_choices_are_the_codes():
     """The schema imports nothing of the project: its lists must equal those of the code."""
     assert schema.SOURCES == data.SOURCES
     assert schema.ON_BAD_FILE == tau22.ON_BAD_FILE
+    assert schema.SPLITS == store.SPLITS and store.FULL_SPLIT == max(store.SPLITS)
     assert schema.DEVICES == DEVICES
     assert schema.PRECISIONS == inference.PRECISIONS
     assert schema.OPTIMIZERS == tuple(training_settings.OPTIMIZERS)

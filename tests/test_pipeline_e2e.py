@@ -227,8 +227,11 @@ def test_repro_runs_every_stage_and_a_second_repro_only_track(project, baseline)
     assert_complete(summary)
     report = json.loads((project.root / "data/resampled/report.json").read_text())
     assert report["downmixed"]["count"] == 1 and report["other_rates"]["rates"] == {"48000": 1}
-    assert json.loads((project.root / "data/recordings/report.json").read_text())["incomplete"]
-    assert sorted(p.name for p in (project.root / "data/recordings").iterdir()) == ["recordings.csv", "report.json"]
+    recordings = json.loads((project.root / "data/recordings/report.json").read_text())
+    assert recordings["incomplete"] and recordings["splits"]["source"] == "drawn"  # no split files: drawn
+    assert recordings["splits"]["recordings"]["100"] == recordings["recordings"]
+    assert sorted(p.name for p in (project.root / "data/recordings").iterdir()) == ["recordings.csv", "report.json",
+                                                                                    "splits.csv"]
     params = yaml.safe_load((project.root / "params.yaml").read_text())
     assert params["student"]["preset"] == "sub1" and params["dkd"]["beta"] == 10 and params["train"]["epochs"] == 1
 

@@ -30,13 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 DIRECTORY = REPO / "profiles"
 NAMES = profiles.available(DIRECTORY)
 SUBMISSIONS = [name for name in NAMES if name.startswith("tau22-sub")]
+SPLIT_PROFILES = [name for name in NAMES if name.startswith("tau22-split")]
 ROOT = {"data.root": "/datasets/tau22"}
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-COMBINATIONS = [[name] for name in NAMES] + [["tau22-passt", name] for name in SUBMISSIONS]
+COMBINATIONS = [[name] for name in NAMES] + [["tau22-passt", name] for name in SUBMISSIONS + SPLIT_PROFILES]
 
 
-def test_the_five_profiles_exist():
-    assert NAMES == ["tau22-passt", "tau22-sub1", "tau22-sub2", "tau22-sub3", "tau22-sub4"]
+def test_the_profiles_exist():
+    assert NAMES == ["tau22-passt", "tau22-split10", "tau22-split100", "tau22-split25", "tau22-split5", "tau22-split50",
+                     "tau22-sub1", "tau22-sub2", "tau22-sub3", "tau22-sub4"]
 
 
 @pytest.mark.parametrize("names", COMBINATIONS)
@@ -60,8 +62,9 @@ def test_profile_applied_to_params_builds_every_stage(names):
         PaSSTConfig(**{k: v for k, v in teacher["passt"].items() if k != "checkpoint"})
     else:
         build_preset(teacher["cnn"]["preset"], **teacher["cnn"]["custom"])
+    split = {"split": params["data"]["split"]} if any(name in SPLIT_PROFILES for name in names) else {}
     assert params["data"] == {**read_params(REPO / "params.yaml")["data"], "source": "tau22",
-                              "root": "/datasets/tau22"}
+                              "root": "/datasets/tau22", **split}
 
 
 def test_submission_profiles_set_the_report_setting():
@@ -75,6 +78,16 @@ def test_submission_profiles_set_the_report_setting():
         assert o["train.epochs"] == 600 and o["train.schedule.decay_end_epoch"] == -200  # epoch 400
         assert [name for name in AUGMENT if o[f"augment.{name}.enabled"]] == ["mixup", "mixstyle"]
         assert (o["features.n_mels"], o["features.hop_length"], o["logits.hop_s"]) == (256, 500, 0.25)
+
+
+def test_split_profiles_train_submission_1_on_their_split_teacher_included():
+    sub1 = profiles.load_profile("tau22-sub1", DIRECTORY).overrides
+    for name in SPLIT_PROFILES:
+        split = int(name.removeprefix("tau22-split"))
+        o = profiles.load_profile(name, DIRECTORY).overrides
+        assert o["data.split"] == o["teacher.split"] == split
+        assert {key: value for key, value in o.items() if key not in ("data.split", "teacher.split")} == sub1
+        profiles.resolve([profiles.load_profile(n, DIRECTORY) for n in ("tau22-passt", name)], ROOT)  # they combine
 
 
 def get(params: dict[str, Any], key: str) -> Any:

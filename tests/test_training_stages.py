@@ -26,7 +26,7 @@ from test_crops import make_clip_store, make_recordings_store
 
 RATE = 1600  # the tiny stores' "1 s"
 FEATURES = {"sample_rate": RATE, "n_fft": 128, "win_length": 128, "hop_length": 100, "n_mels": 16}
-PARAMS = {"data": {"sample_rate": RATE}, "logits": {"hop_s": 0.25, "batch_size": 7}, "teacher": {"ensemble": []}}
+PARAMS = {"data": {"sample_rate": RATE, "split": 100}, "logits": {"hop_s": 0.25, "batch_size": 7}, "teacher": {"ensemble": []}}
 AUGMENT = load_params(Path(__file__).parents[1] / "params.yaml")["augment"]
 ONLY_MIXUP = {name: {**section, "enabled": name == "mixup"} for name, section in AUGMENT.items()}
 

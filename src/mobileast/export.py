@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
+from mobileast.data.store import FULL_SPLIT
 from mobileast.deploy import META_FILE, ModelMeta, input_shape, load_checkpoint_model, load_deployed, load_model_any
 from mobileast.errors import InputError
 from mobileast.files import atomic_output, file_md5
@@ -79,7 +80,8 @@ def export_int8(int8_model: str | Path, out: str | Path, recordings: Path = RECO
     model, float_meta = load_checkpoint_model(source)
     calibration = meta.calibration
     calib = calibration_batches(recordings, resampled, float_meta.features, calibration["batches"],
-                                calibration["batch_size"], calibration["hop_s"], calibration["seed"])
+                                calibration["batch_size"], calibration["hop_s"], calibration["seed"],
+                                calibration.get("split", FULL_SPLIT))  # int8 models older than data.split: all
     float_modules = meta.float_modules or []
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
         float_path = Path(scratch) / "float.onnx"

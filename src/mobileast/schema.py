@@ -26,7 +26,7 @@ NO_DEFAULT = type("NoDefault", (), {"__repr__": lambda self: "NO_DEFAULT"})()
 @dataclass(frozen=True)
 class Param:
     """One key: `kind` (KINDS; a float key accepts ints, as DVC writes `-S dkd.alpha=5`),
-    its allowed values (`choices`; for a list, of its items) or range [low, high]
+    its allowed values (`choices`, strings or numbers; for a list, of its items) or range [low, high]
     (`low_open`: low itself excluded), whether null is allowed, and a one-line meaning.
     `default`: the value `python -m mobileast dvc-deps --write` writes into a params.yaml
     that lacks the key (params.yaml's value is the one in use; docs/configuration.md
@@ -35,7 +35,7 @@ class Param:
     kind: str
     meaning: str
     _: KW_ONLY
-    choices: tuple[str, ...] = ()
+    choices: tuple[Any, ...] = ()
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -50,7 +50,8 @@ class Param:
         """The allowed values in words, e.g. `one of adam, adamw`, `>= 0`, `in (0, 1]`."""
         parts = []
         if self.choices:
-            parts.append(("a list of items from " if self.kind == "list of str" else "one of ") + ", ".join(self.choices))
+            parts.append(("a list of items from " if self.kind == "list of str" else "one of ")
+                         + ", ".join(map(str, self.choices)))
         if self.low is not None and self.high is not None:
             parts.append(f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]")
         elif self.low is not None:
@@ -104,6 +105,7 @@ CNN_PRESETS = ("teacher_cnn",)                      # mobileast.models.cnn.PRESE
 STUDENT_PRESETS = ("sub1", "sub2", "sub3", "sub4")  # mobileast.models.mobileast.PRESETS
 CUSTOM = "custom"                                   # student.preset: the preset-free config of student.custom
 METHODS = ("dkd", "kd", "none")                     # mobileast.distill.METHODS
+SPLITS = (5, 10, 25, 50, 100)                       # mobileast.data.store.SPLITS
 
 PRECISION = ("autocast of {what}: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 "
              "or fp16 (with a GradScaler in training)")
@@ -186,6 +188,14 @@ SCHEMA: dict[str, Any] = {
                               "(skip)", *ON_BAD_FILE),
         "sample_rate": positive("sample rate (Hz) of the resampled stores"),
         "workers": number("int", "processes of demo_data and resample; 0 = one per CPU core", 0),
+        "split": Param("int", "percent of the train fold (DCASE 2024's nested data-efficient splits) the student "
+                       "trains on, the teacher logits are dumped for and quantization calibrates on: the official "
+                       "split<N>.csv of data.split_dir, else a split drawn by recording (mobileast.data.splits)",
+                       choices=SPLITS, default=100),
+        "split_dir": text("folder of the official split5.csv .. split100.csv, relative to data.root (e.g. "
+                          "split_setup); without them the splits are drawn, per scene and device",
+                          default="evaluation_setup"),
+        "split_seed": number("int", "seed of the drawn splits (unused with official split files)", 0, default=0),
     },
     "demo": {
         "seed": number("int", "seed of the demo generator", 0),
@@ -226,6 +236,9 @@ SCHEMA: dict[str, Any] = {
             "specaug_freq": number("int", "SpecAugment: largest frequency mask (mel bins)", 0),
             "specaug_time": number("int", "SpecAugment: largest time mask (frames)", 0),
         },
+        "split": Param("int", "percent of the train fold the teacher trains on (a data.split; 100 = all of it); "
+                       "DCASE 2024 counts the teacher as part of the system: set it to data.split there",
+                       choices=SPLITS, default=100),
         "ensemble": names("extra trained teacher checkpoints (in models/ensemble) whose logits are averaged with "
                           "models/teacher.pt"),
         "train": {**training("teacher"),

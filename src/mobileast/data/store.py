@@ -1,5 +1,6 @@
 """Flat int16 audio stores (one 1-D .npy per fold), their tables (the clip index of a
-resampled store, the recordings table over its train audio) and the JSON stage reports.
+resampled store, the recordings table over its train audio and its data-efficient splits)
+and the JSON stage reports.
 
 What the training stages read of the data: it imports nothing of the dataset validator
 (mobileast.data.tau22), so a change there re-runs no training stage."""
@@ -14,9 +15,14 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
+from mobileast.errors import InputError
+
 FOLDS = ("train", "evaluate")
 INDEX_FILE = "index.csv"  # the clip index of a resampled store
 RECORDINGS_FILE = "recordings.csv"  # the recordings table (mobileast.data.reassemble)
+SPLITS_FILE = "splits.csv"  # beside it: each train recording's smallest split (mobileast.data.splits)
+SPLITS = (5, 10, 25, 50, 100)  # data.split: percent of the train fold, DCASE 2024's data-efficient splits
+FULL_SPLIT = 100  # the whole train fold
 INDEX_NUMBERS = {"slice": int, "offset": np.int64, "length": np.int64}
 CHUNK_ROWS = 2000  # rows of a table parsed at a time: bounds the parser's transient memory
 
@@ -93,6 +99,18 @@ def read_recordings(store_dir: Path) -> pd.DataFrame:
     table = pd.read_csv(Path(store_dir) / RECORDINGS_FILE, dtype=str, keep_default_na=False)
     table["complete"] = table.complete.map({"True": True, "False": False})
     return table.astype({"n_slices": int, "offset": np.int64, "length": np.int64, "clip_samples": int})
+
+
+def split_recordings(store_dir: Path, split: int) -> set[str]:
+    """The train recordings of split `split` (percent, one of SPLITS) by the splits.csv of a
+    recordings table: those whose smallest split is at most `split` (the splits are nested)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(str, SPLITS))}, got {split!r}")
+    path = Path(store_dir) / SPLITS_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (re-run the reassemble stage: dvc repro reassemble)")
+    table = pd.read_csv(path, dtype={"recording": str, "split": int}, keep_default_na=False)
+    return set(table.recording[table.split <= split])
 
 
 def read_report(path: Path) -> dict[str, Any]:
