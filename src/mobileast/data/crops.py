@@ -98,13 +98,18 @@ class RecordingCrops:
     the recording's crop grid, in a shuffled order that depends only on (seed, epoch):
     a resumed run sees the same crops as an uninterrupted one, and every process of a
     distributed run agrees on the plan and takes its own share of each batch.
+    `devices`: only the recordings of these devices (a per-device model's data); None: all.
     """
 
     def __init__(self, store_dir: str | Path, fold: str, crop_samples: int, hop_samples: int,
-                 crops_per_recording: int = 1, seed: int = 0, audio_dir: str | Path | None = None):
+                 crops_per_recording: int = 1, seed: int = 0, audio_dir: str | Path | None = None,
+                 devices: Sequence[str] | None = None):
         store_dir = Path(store_dir)
         table = read_recordings(store_dir)
-        self.table = table[table["fold"] == fold].reset_index(drop=True)
+        chosen = table["fold"] == fold
+        if devices is not None:
+            chosen &= table["device"].isin(list(devices))
+        self.table = table[chosen].reset_index(drop=True)
         self.audio = np.load(Path(audio_dir or store_dir) / f"{fold}.npy", mmap_mode="r")
         self.crop_samples, self.crops_per_recording, self.seed = crop_samples, crops_per_recording, seed
         self.labels = _labels(self.table["scene_label"])
@@ -188,11 +193,13 @@ def check_clip_rate(clip_samples: int, sample_rate: int, key: str, store: str | 
 
 
 def train_crops(recordings: str | Path, resampled: str | Path, sample_rate: int, hop_s: float, key: str,
-                rate_key: str, crops_per_recording: int = 1, seed: int = 0) -> RecordingCrops:
+                rate_key: str, crops_per_recording: int = 1, seed: int = 0,
+                devices: Sequence[str] | None = None) -> RecordingCrops:
     """The pipeline's 1 s crops of the train recordings on a `hop_s` grid (params `key`),
-    checked against the stores: their clips must have `sample_rate` (params `rate_key`)."""
+    checked against the stores: their clips must have `sample_rate` (params `rate_key`).
+    `devices`: only those devices' recordings (RecordingCrops)."""
     crops = RecordingCrops(recordings, "train", sample_rate, hop_samples(hop_s, sample_rate, key),
-                           crops_per_recording, seed, audio_dir=resampled)
+                           crops_per_recording, seed, audio_dir=resampled, devices=devices)
     check_clip_rate(crops.clip_samples, sample_rate, rate_key, recordings)
     return crops
 
