@@ -20,7 +20,7 @@ from mobileast import quantize, routing
 from mobileast.deploy import load_checkpoint_model, load_model_any
 from mobileast.errors import InputError
 from mobileast.evaluate import evaluate_routed, fold_logits
-from mobileast.data.crops import ClipSource
+from mobileast.data.crops import ClipSource, train_crops
 from mobileast.export import export_int8
 from mobileast.labels import SCENES
 from mobileast.metrics import evaluate_predictions
@@ -199,3 +199,14 @@ def test_routed_evaluation_uses_each_seen_devices_model_and_the_general_one_for_
     expected = evaluate_predictions(routed, clips.labels, devices, ["a", "b", "c"], list(SCENES))
     assert report["routed"]["accuracy"] == round(expected["accuracy"], 5)
     assert report["routed"]["log_loss"] == round(expected["log_loss"], 5)
+
+
+def test_device_crops_are_that_devices_recordings_on_the_same_grid(project):
+    stores = (project / "data/recordings", project / "data/resampled")
+    full = train_crops(*stores, 32000, 0.5, "logits.hop_s", "features.sample_rate")
+    only_b = train_crops(*stores, 32000, 0.5, "logits.hop_s", "features.sample_rate", devices=["b"])
+    assert only_b.table["recording"].tolist() == full.table["recording"][full.table["device"] == "b"].tolist()
+    for i, name in enumerate(only_b.table["recording"]):
+        j = int(np.flatnonzero(full.table["recording"] == name)[0])
+        torch.testing.assert_close(only_b.load(np.arange(only_b.row_offsets[i], only_b.row_offsets[i + 1])).wave,
+                                   full.load(np.arange(full.row_offsets[j], full.row_offsets[j + 1])).wave)
