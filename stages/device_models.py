@@ -17,12 +17,17 @@ needs neither the teacher logits nor their crop grid. The student's `augment` se
 applies as in its training; everything else of the student's `train` section (optimizer,
 weight decay, precision, validation) is kept, with the schedule constant.
 """
+from __future__ import annotations
+
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mobileast.params import stage_params
 from mobileast.routing import write_manifest
 from stages import run
+
+if TYPE_CHECKING:
+    from mobileast.training.checkpoint import Outputs
 
 PARAMS = ["seed", "train", "augment", "quant", "logits.hop_s", "device_models"]
 STUDENT = Path("models/student.pt")
@@ -65,7 +70,7 @@ def main() -> None:
           + (f"; no train recordings of {', '.join(skipped)} (the general model serves them)" if skipped else ""))
 
 
-def outputs(device: str):
+def outputs(device: str) -> Outputs:
     """The engine's files of one device's fine-tuning (mobileast.training.checkpoint.Outputs)."""
     from mobileast.training.checkpoint import Outputs, resume_path
 
