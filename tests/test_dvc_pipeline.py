@@ -218,8 +218,8 @@ def test_a_new_schema_key_is_written_into_params_yaml_with_its_default(tmp_path,
     assert added in text and text.replace(added, "") == (ROOT / "params.yaml").read_text()
     assert text.index(added) > text.index("    min_lr:", text.index("\ntrain:"))  # after the schedule, as in the schema
     assert (copy / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()  # student_train declares `train`
-    assert "| `train.clip_grad` | float | >= 0 | `0.0` | largest gradient norm (0 = no clipping) | student_train |" \
-        in (copy / "docs" / "configuration.md").read_text()
+    assert "| `train.clip_grad` | float | >= 0 | `0.0` | largest gradient norm (0 = no clipping) | " \
+           "student_train, device_models |" in (copy / "docs" / "configuration.md").read_text()
 
 
 DATA_STAGES = ["demo_data", "resample", "reassemble"]

@@ -10,7 +10,9 @@ Then, in order, checking DVC's and MLflow's views after each step:
 2. the MLflow store moved away, `dvc repro`: only `track` runs and logs the summary run
    the store lacks (the fresh-clone case: every output up to date, nothing to re-run);
 3. `dvc exp run -S dkd.alpha=5`: student_train and later only;
-4. `dvc exp run -S dkd.alpha=1`: every stage restored from DVC's run cache, none trained.
+4. `dvc exp run -S dkd.alpha=1`: every stage restored from DVC's run cache, none trained;
+5. `dvc exp run -S device_models.enabled=true`: device_models and evaluate only, the general
+   models' metrics unchanged, general versus routed accuracy in reports/device_models.json.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ TINY = {  # dotted key -> value, over the tau22-sub1 profile: one epoch, tiny mo
     "evaluate.batch_size": 64,
 }
 ALL_STAGES = {"demo_data", "resample", "reassemble", "teacher_train", "teacher_logits", "student_train",
-              "quantize", "export", "complexity", "evaluate", "track"}
+              "quantize", "export", "complexity", "device_models", "evaluate", "track"}
 
 
 def copy_checkout(target: Path) -> None:
@@ -208,9 +210,17 @@ def back_to_alpha1(project, experiment) -> Step:
     return Step(project.dvc("exp", "run", "-n", "alpha1", "-S", "dkd.alpha=1"), project.summaries())
 
 
+@pytest.fixture(scope="module")
+def with_device_models(project, back_to_alpha1) -> tuple[Step, bytes]:
+    """`dvc exp run -S device_models.enabled=true` on the alpha 1 state; the metrics.json before it."""
+    before = (project.root / "reports/metrics.json").read_bytes()
+    return Step(project.dvc("exp", "run", "-n", "devices", "-S", "device_models.enabled=true"),
+                project.summaries()), before
+
+
 SUMMARY_METRICS = {"student_float.accuracy", "student_int8.accuracy", "student_int8.per_device_accuracy.a",
                    "student_int8.per_device_accuracy.s4", "complexity.macs_dcase", "quantize.top1_agreement",
-                   "student_int8_onnx.accuracy", "onnx.top1_agreement"}
+                   "student_int8_onnx.accuracy", "onnx.top1_agreement", "device_models.enabled"}
 MODELS = {"model/student.pt", "model/student_int8.pt", "model/student_int8.onnx"}
 
 
@@ -245,7 +255,8 @@ def test_repro_logs_the_summary_a_store_lacks_without_rerunning_anything(fresh_s
 
 
 def test_experiment_reruns_student_train_and_later_only(experiment):
-    assert ran(experiment.output) == {"student_train", "quantize", "export", "complexity", "evaluate", "track"}
+    assert ran(experiment.output) == {"student_train", "quantize", "export", "complexity", "device_models",
+                                      "evaluate", "track"}
     assert not restored(experiment.output)
 
 
@@ -283,8 +294,24 @@ def test_dvc_plots_show_renders(project, experiment):
 
 def test_run_cache_restores_a_params_set_already_trained(project, baseline, back_to_alpha1):
     """Back to dkd.alpha 1: nothing trains, the float student is the baseline's, byte for byte."""
-    assert restored(back_to_alpha1.output) == {"student_train", "quantize", "export", "complexity", "evaluate"}
+    assert restored(back_to_alpha1.output) == {"student_train", "quantize", "export", "complexity", "device_models",
+                                               "evaluate"}
     assert ran(back_to_alpha1.output) == {"track"}
     assert project.md5("models/student.pt") == baseline[2]
     assert [(s.experiment, s.alpha) for s in back_to_alpha1.summaries] == [
         ("alpha1", "1"), ("alpha5", "5"), ("workspace", "1")]
+
+
+def test_device_models_experiment_runs_the_stage_and_evaluate_and_reports_routed_accuracy(project, with_device_models):
+    step, metrics_before = with_device_models
+    assert ran(step.output) == {"device_models", "evaluate", "track"}
+    assert (project.root / "reports/metrics.json").read_bytes() == metrics_before  # the general models' figures
+    manifest = json.loads((project.root / "models/device/manifest.json").read_text())
+    assert list(manifest["models"]) == ["a", "b"] and manifest["skipped"] == ["c", "s1", "s2", "s3"]
+    report = json.loads((project.root / "reports/device_models.json").read_text())
+    assert report["enabled"] is True and set(report) == {"enabled", "general", "routed", "per_device"}
+    assert {d: row["model"] for d, row in report["per_device"].items()} == {"a": "a", "s4": "general"}
+    assert report["per_device"]["s4"]["routed"] == report["per_device"]["s4"]["general"]
+    assert report["general"]["accuracy"] == json.loads(metrics_before)["student_int8_onnx"]["accuracy"]
+    [summary] = [s for s in step.summaries if s.experiment == "devices"]
+    assert {"device_models.routed.accuracy", "device_models.general.accuracy"} <= summary.metrics

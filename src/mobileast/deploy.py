@@ -66,7 +66,7 @@ class ModelMeta:
     float_modules: list[str] | None = None  # int8: deploy-form modules kept float
     dynamic_modules: list[str] | None = None  # int8: Linears quantized dynamically
     source: dict[str, str] | None = None  # int8: {"checkpoint": path, "md5": md5} of the float checkpoint
-    calibration: dict[str, Any] | None = None  # int8: {"batches", "batch_size", "hop_s", "seed", "split"} of its crops
+    calibration: dict[str, Any] | None = None  # int8: {"batches", "batch_size", "hop_s", "seed", "split"[, "device"]} of its crops
     format: str | None = None  # "onnx" for an ONNX model
     runtime: str | None = None  # int8 ONNX: "onnxruntime"
     onnx_quantization: dict[str, Any] | None = None  # int8 ONNX: how it was converted

@@ -33,6 +33,7 @@ from mobileast.deploy import ModelMeta, frontend_for, load_model_any
 from mobileast.metrics import evaluate_predictions, summary
 from mobileast.plots import save_figure
 from mobileast.inference import device_for, predict, resolve_precision
+from mobileast.routing import device_report, read_manifest, route
 
 Results = Mapping[str, Mapping[str, Any]]
 
@@ -165,6 +166,35 @@ def evaluate_models(models: Mapping[str, Path], resampled: Path, recordings: Pat
     if teacher_logits is not None:
         results["teacher"] = metrics(np.load(teacher_logits))
     return results
+
+
+def evaluate_routed(device_dir: Path, general: Path, resampled: Path, recordings: Path,
+                    batch_size: int) -> dict[str, Any]:
+    """reports/device_models.json: general versus routed predictions (mobileast.routing) on
+    the evaluate fold, when the manifest in `device_dir` lists per-device models; else
+    {"enabled": false}, and no model is run.
+
+    Both sides are the deployed int8 ONNX models (the general one: `general`): the files a
+    submission ships, so the comparison is the one a participant's routing would show."""
+    manifest = read_manifest(device_dir)
+    if not manifest["models"]:
+        return {"enabled": False}
+    clips = ClipSource(resampled, "evaluate")
+    train_devices = sorted(set(read_recordings(recordings)["device"]))
+    devices = clips.table["device"].to_numpy()
+
+    def logits(path: Path) -> np.ndarray:
+        model, meta = load_model_any(path)
+        if list(meta.classes) != list(SCENES):
+            raise ValueError(f"{path}: classes {meta.classes} differ from {list(SCENES)}")
+        check_clip_rate(clips.clip_samples, meta.sample_rate, f"the sample rate of {path}", resampled)
+        return fold_logits(model, meta, clips, batch_size, desc=f"evaluate {path.name}").numpy()
+
+    base = logits(general)
+    routed = route(base, {d: logits(files["onnx"]) for d, files in manifest["models"].items()}, devices)
+    results = {name: evaluate_predictions(values, clips.labels, devices, train_devices, list(SCENES))
+               for name, values in (("general", base), ("routed", routed))}
+    return device_report(results["general"], results["routed"], list(manifest["models"]))
 
 
 def fold_logits(model: nn.Module, meta: ModelMeta, clips: ClipSource, batch_size: int,

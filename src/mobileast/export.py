@@ -81,7 +81,8 @@ def export_int8(int8_model: str | Path, out: str | Path, recordings: Path = RECO
     calibration = meta.calibration
     calib = calibration_batches(recordings, resampled, float_meta.features, calibration["batches"],
                                 calibration["batch_size"], calibration["hop_s"], calibration["seed"],
-                                calibration.get("split", FULL_SPLIT))  # int8 models older than data.split: all
+                                calibration.get("split", FULL_SPLIT),  # int8 models older than data.split: all
+                                calibration.get("device"))
     float_modules = meta.float_modules or []
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
         float_path = Path(scratch) / "float.onnx"

@@ -199,14 +199,16 @@ def _float_layer_norms(qmodel: torch.fx.GraphModule, model: nn.Module) -> torch.
 
 def calibration_batches(recordings: str | Path, resampled: str | Path, features: Mapping[str, Any],
                         n_batches: int, batch_size: int, hop_s: float, seed: int,
-                        split: int = FULL_SPLIT) -> Iterator[torch.Tensor]:
-    """`n_batches` log-mel batches of random 1 s crops of the train recordings of split `split` (data.split).
+                        split: int = FULL_SPLIT, device: str | None = None) -> Iterator[torch.Tensor]:
+    """`n_batches` log-mel batches of random 1 s crops of the train recordings of split `split`
+    (data.split), of `device` only for a per-device model (None: all devices).
 
     Crops are drawn uniformly, without replacement, from the teacher-logit crop grid
     (hop `hop_s`: the crops the student trained on); which ones depends only on `seed`.
     """
     crops = train_crops(recordings, resampled, int(features["sample_rate"]), hop_s, "logits.hop_s",
-                        "the student's features.sample_rate", split=split)
+                        "the student's features.sample_rate", split=split,
+                        devices=None if device is None else [device])
     n = n_batches * batch_size
     rows = np.random.default_rng(seed).choice(crops.n_rows, size=n, replace=n > crops.n_rows)
     frontend = LogMel(**features).eval()
@@ -223,13 +225,15 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: ModelMeta) -> None
 
 
 def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: str | Path, out: str | Path,
-                     quant: Mapping[str, Any], hop_s: float, seed: int, split: int = FULL_SPLIT) -> dict[str, Any]:
+                     quant: Mapping[str, Any], hop_s: float, seed: int, split: int = FULL_SPLIT,
+                     device: str | None = None) -> dict[str, Any]:
     """Stage quantize: the int8 model of a float training checkpoint -> `out` (TorchScript).
 
     The model's meta records the float checkpoint it came from (path, md5) and its
     calibration crops, so that the ONNX export can quantize the same model on the same
     crops. Calibrates on `quant.calib_batches` batches of `quant.batch_size` crops of the train
-    recordings of split `split` (data.split), keeps
+    recordings of split `split` (data.split; of `device` only when given: a per-device model,
+    recorded in the meta), keeps
     `quant.float_modules` in float, quantizes `quant.dynamic_modules` dynamically and
     returns a summary: parameter memory of the deployed int8 model and of the BN-folded
     float one (bytes), and the agreement of the saved and reloaded int8 model with the
@@ -242,12 +246,14 @@ def quantize_student(checkpoint: str | Path, recordings: str | Path, resampled: 
         parts = {"float_modules": select_modules(deployed_float, quant["float_modules"]),
                  "dynamic_modules": dynamic_module_names(deployed_float, quant["dynamic_modules"])}
     n_batches, batch_size = int(quant["calib_batches"]), int(quant["batch_size"])
-    calib = calibration_batches(recordings, resampled, meta.features, n_batches, batch_size, hop_s, seed, split)
+    calib = calibration_batches(recordings, resampled, meta.features, n_batches, batch_size, hop_s, seed, split,
+                                device)
     qmodel = quantize_model(model, calib, **parts)
     save_quantized(qmodel, out, meta.replace(
         quantized=True, quant_engine=quant_engine(), **parts,
         source={"checkpoint": str(checkpoint), "md5": file_md5(checkpoint)},
-        calibration={"batches": n_batches, "batch_size": batch_size, "hop_s": hop_s, "seed": seed, "split": split}))
+        calibration={"batches": n_batches, "batch_size": batch_size, "hop_s": hop_s, "seed": seed, "split": split,
+                     **({} if device is None else {"device": device})}))
     deployed, _ = load_deployed(out)
     clips = evaluate_clips(resampled, int(meta.features["sample_rate"]), "the student's features.sample_rate")
     step = max(1, math.ceil(math.ceil(len(clips) / batch_size) / n_batches))

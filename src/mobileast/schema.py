@@ -276,6 +276,18 @@ SCHEMA: dict[str, Any] = {
         "float_modules": names("submodule name patterns kept in float (e.g. attn, norm*)"),
         "dynamic_modules": names("Linear layers with int8 weights but float output (e.g. the classifier)"),
     },
+    "device_models": {
+        "enabled": flag("fine-tune, quantize and export one copy of the student per training device (stage "
+                        "device_models); evaluate then routes each clip to its device's model", default=False),
+        "devices": names("devices that get their own model (those without train recordings are skipped); the "
+                         "others use the general model", *DEVICES, default=["a", "b", "c", "s1", "s2", "s3"]),
+        "epochs": positive("epochs of fine-tuning per device", default=3),
+        "lr": number("float", "learning rate of the fine-tuning (constant, no warm-up)", 0, low_open=True,
+                     default=0.0002),
+        "batch_size": positive("crops per optimizer step of the fine-tuning", default=32),
+        "crops_per_recording": positive("random 1 s crops drawn per 10 s recording of the device and epoch",
+                                        default=8),
+    },
     "evaluate": {
         "batch_size": positive("clips per batch of the evaluation"),
         "precision": Param("str", PRECISION.format(what="float models on a GPU (int8 and ONNX models run on the "

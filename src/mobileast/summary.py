@@ -5,7 +5,8 @@ One summary run per DVC experiment state carries:
 - metrics: reports/metrics.json (float student, int8 student, teacher: accuracy, macro
   accuracy, log loss, seen/unseen and per-device accuracy), the complexity headline
   (`complexity.*`), the int8-vs-float agreement of the quantize stage (`quantize.*`) and
-  the ONNX int8 model's agreement with the torch one (`onnx.*`);
+  the ONNX int8 model's agreement with the torch one (`onnx.*`), and the general versus
+  routed accuracy of the per-device models (`device_models.*`, only `enabled` 0 when off);
 - artifacts: the int8 TorchScript and ONNX models and the float checkpoint under `model/`, the
   reports (results, complexity, confusion matrices, training curves) under `reports/`;
 - the int8 ONNX model as an MLflow logged model `student_int8` (onnx flavour,
@@ -42,6 +43,7 @@ class PipelineFiles:
     complexity: Path = Path("reports/complexity.json")
     quantize: Path = Path("reports/quantize.json")
     export: Path = Path("reports/export.json")
+    device_models: Path = Path("reports/device_models.json")
     reports: tuple[Path, ...] = tuple(Path("reports") / name for name in (
         "results.md", "complexity.md", "complexity_details.json", "confusion_student_float.png",
         "confusion_student_int8.png", "confusion_student_int8_onnx.png", "confusion_teacher.png", "student_history.csv", "student_history.png",
@@ -78,7 +80,8 @@ def experiment_summary(params: Mapping[str, Any], lock: Mapping[str, Any],
     """The summary of the pipeline's current outputs (`lock`: dvc.lock as read); a missing
     output is an error naming it."""
     missing = [str(p) for p in (files.int8_model, files.onnx_model, files.float_model, files.metrics,
-                                files.complexity, files.quantize, files.export, *files.reports) if not p.is_file()]
+                                files.complexity, files.quantize, files.export, files.device_models, *files.reports)
+               if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot summarise the experiment: missing {', '.join(missing)} "
                                 "(run the pipeline: dvc repro)")
@@ -90,6 +93,7 @@ def experiment_summary(params: Mapping[str, Any], lock: Mapping[str, Any],
     export = json.loads(files.export.read_text())
     metrics |= _numbers(flatten({"onnx": {"param_memory_bytes": export["param_memory_bytes"],
                                           **export["evaluate_agreement_with_torch_int8"]}}))
+    metrics |= _numbers(flatten({"device_models": json.loads(files.device_models.read_text())}))
     artifacts = [(files.int8_model, "model"), (files.onnx_model, "model"), (files.float_model, "model"),
                  (files.export, "reports"), *((p, "reports") for p in files.reports)]
     return tracking.ExperimentSummary(params, metrics, artifacts, model=files.onnx_model,

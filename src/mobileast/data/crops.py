@@ -115,17 +115,20 @@ class RecordingCrops:
     distributed run agrees on the plan and takes its own share of each batch.
     `split` (percent, data.split): only the recordings of that split of the fold, by the
     table's splits.csv (mobileast.data.splits); the full split reads all of them.
+    `devices`: only the recordings of these devices (a per-device model's data); None: all.
     """
 
     def __init__(self, store_dir: str | Path, fold: str, crop_samples: int, hop_samples: int,
                  crops_per_recording: int = 1, seed: int = 0, audio_dir: str | Path | None = None,
-                 split: int = FULL_SPLIT):
+                 split: int = FULL_SPLIT, devices: Sequence[str] | None = None):
         store_dir = Path(store_dir)
         table = read_recordings(store_dir)
-        table = table[table["fold"] == fold]
+        chosen = table["fold"] == fold
         if split != FULL_SPLIT:
-            table = table[table["recording"].isin(split_recordings(store_dir, split))]
-        self.table = table.reset_index(drop=True)
+            chosen &= table["recording"].isin(split_recordings(store_dir, split))
+        if devices is not None:
+            chosen &= table["device"].isin(list(devices))
+        self.table = table[chosen].reset_index(drop=True)
         self.audio = np.load(Path(audio_dir or store_dir) / f"{fold}.npy", mmap_mode="r")
         self.crop_samples, self.crops_per_recording, self.seed = crop_samples, crops_per_recording, seed
         self.labels = _labels(self.table["scene_label"])
@@ -213,12 +216,12 @@ def check_clip_rate(clip_samples: int, sample_rate: int, key: str, store: str | 
 
 def train_crops(recordings: str | Path, resampled: str | Path, sample_rate: int, hop_s: float, key: str,
                 rate_key: str, crops_per_recording: int = 1, seed: int = 0,
-                split: int = FULL_SPLIT) -> RecordingCrops:
+                split: int = FULL_SPLIT, devices: Sequence[str] | None = None) -> RecordingCrops:
     """The pipeline's 1 s crops of the train recordings of split `split` (data.split) on a
     `hop_s` grid (params `key`), checked against the stores: their clips must have
-    `sample_rate` (params `rate_key`)."""
+    `sample_rate` (params `rate_key`). `devices`: only those devices' recordings (RecordingCrops)."""
     crops = RecordingCrops(recordings, "train", sample_rate, hop_samples(hop_s, sample_rate, key),
-                           crops_per_recording, seed, audio_dir=resampled, split=split)
+                           crops_per_recording, seed, audio_dir=resampled, split=split, devices=devices)
     check_clip_rate(crops.clip_samples, sample_rate, rate_key, recordings)
     return crops
 
