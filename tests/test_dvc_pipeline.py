@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mobileast import dvcdeps, schema
+from mobileast import dvcdeps, imports, schema
 from mobileast.params import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_every_stage_runs_a_stage_script():
 def test_code_deps_are_exactly_what_the_stage_imports(stage):
     module = PIPELINE[stage]["cmd"].split()[2]
     code_deps = {d for d in PIPELINE[stage]["deps"] if d.endswith(".py")}
-    assert code_deps == dvcdeps.code_closure(module, ROOT, tuple(dvcdeps.UNTRACKED_CODE)) == CODE[stage]
+    assert code_deps == imports.code_closure(module, ROOT, tuple(imports.UNTRACKED_CODE)) == CODE[stage]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -169,7 +169,7 @@ def test_dvc_deps_check_names_stage_and_file_and_write_mends(tmp_path, capsys):
         "logits.hop_s, data.split]",
         "dvc.yaml: stage complexity: deps lack src/mobileast/plots.py (imported by stages/complexity.py)",
         "dvc.yaml: stage evaluate: deps list src/mobileast/progress.py, which is no dependency of any stage "
-        f"({dvcdeps.UNTRACKED_CODE['src/mobileast/progress.py']})",
+        f"({imports.UNTRACKED_CODE['src/mobileast/progress.py']})",
     ]
     assert dvcdeps.main(["--write", "--root", str(copy)]) == 0
     assert dvcdeps.main(["--check", "--root", str(copy)]) == 0
@@ -250,7 +250,7 @@ def test_evaluate_does_not_run_the_training_engine():
 
 
 def test_progress_schema_and_tracking_changes_re_run_no_stage_but_track():
-    assert all(not CODE[stage] & set(dvcdeps.UNTRACKED_CODE) for stage in STAGES)
-    assert set(dvcdeps.UNTRACKED_CODE) == {"src/mobileast/progress.py", "src/mobileast/schema.py",
+    assert all(not CODE[stage] & set(imports.UNTRACKED_CODE) for stage in STAGES)
+    assert set(imports.UNTRACKED_CODE) == {"src/mobileast/progress.py", "src/mobileast/schema.py",
                                            "src/mobileast/tracking.py"}
     assert PIPELINE["track"]["always_changed"] is True  # why tracking.py may be untracked

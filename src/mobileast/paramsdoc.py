@@ -11,7 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from mobileast.dvcdeps import declared_params, expected, module_file, untracked_params
+from mobileast.dvcdeps import declared_params, expected, untracked_params
+from mobileast.imports import module_file
 from mobileast.files import project_root
 from mobileast.params import read_params
 from mobileast.schema import SCHEMA, Param, leaves

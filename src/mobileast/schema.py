@@ -8,7 +8,7 @@ Param is a free mapping whose keys the code that uses it checks (the model confi
 fields of `student.custom` and `teacher.cnn.custom`). Plain data, importing nothing of
 the project and only the standard library, so that every stage can check the whole file
 without depending on the code of the others. It only accepts or rejects values, so it is
-no stage's DVC dependency (mobileast.dvcdeps.UNTRACKED_CODE): editing it re-runs no stage by
+no stage's DVC dependency (mobileast.imports.UNTRACKED_CODE): editing it re-runs no stage by
 itself (a new key re-runs the stages that declare it, through their params deps).
 
 The choices below equal lists kept in the code that acts on them (optimizers, precisions,

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mobileast.dvcdeps import UNTRACKED_CODE, code_closure
+from mobileast.imports import UNTRACKED_CODE, code_closure
 from mobileast.files import atomic_output, project_root
 from mobileast.training.distributed import Runtime
 from mobileast.training.settings import TrainSettings
@@ -97,7 +97,7 @@ def code_identity(files: Sequence[Path]) -> str:
 
 def stage_code(module: str) -> list[Path]:
     """The code files whose change makes a stage's resume checkpoint stale: the stage
-    module's import closure, exactly the code deps dvc.yaml lists for it (mobileast.dvcdeps)."""
+    module's import closure, exactly the code deps dvc.yaml lists for it (mobileast.imports)."""
     root = project_root()
     return [root / name for name in sorted(code_closure(module, root, tuple(UNTRACKED_CODE)))]
 
