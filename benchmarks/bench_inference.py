@@ -42,7 +42,8 @@ from mobileast.deploy import OnnxModel, feature_args, frontend_for, load_checkpo
 from mobileast.export import export_float
 from mobileast.models import build_preset, model_spec
 from mobileast.models.mobileast import PRESETS, MobileASTConfig, deploy_form
-from mobileast.quantize import calibration_batches, quant_engine, quantize_model, quantize_onnx
+from mobileast.onnx_quantize import quantize_onnx
+from mobileast.quantize import calibration_batches, quant_engine, quantize_model
 
 BATCHES = (1, 64)
 RUNTIMES = ("torch float", "torch int8", "ORT float", "ORT int8")

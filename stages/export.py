@@ -22,7 +22,7 @@ PARAMS: list[str] = []  # the calibration crops come from the int8 model's meta
 INT8 = Path("models/student_int8.pt")
 ONNX = Path("models/student_int8.onnx")
 REPORT = Path("reports/export.json")
-MIN_AGREEMENT = 0.95  # issue 13: predict gives the same scene with both int8 models on >= 95 % of evaluate clips
+MIN_AGREEMENT = 0.95  # the share of evaluate clips on which both int8 models (torch, ONNX) give the same scene
 
 
 def main() -> None:

@@ -326,16 +326,21 @@ def test_training_data_fingerprints_the_stores_each_training_stage_read():
         return {"path": path, "hash": "md5", "md5": md5}
 
     lock = {"stages": {
-        "teacher_train": {"deps": [dep("src/mobileast/train.py", "c1"), dep("data/resampled", "r.dir"),
+        "teacher_train": {"deps": [dep("src/mobileast/training/engine.py", "c1"), dep("data/resampled", "r.dir"),
                                    dep("data/recordings", "a.dir")]},
         "student_train": {"deps": [dep("data/recordings", "a.dir"), dep("data/resampled", "r.dir"),
                                    dep("data/teacher_logits", "l.dir"), dep("stages/student_train.py", "c2")]}}}
-    params = {"data": {"source": "tau22", "root": "/data/TAU"}}
+    params = {"data": {"source": "tau22", "root": "/data/TAU", "split": 100}, "teacher": {"split": 100}}
     teacher, student = training_data(params, lock)
     assert (teacher.name, teacher.source, teacher.stage, teacher.split) == ("tau22/teacher_train", "/data/TAU",
-                                                                            "teacher_train", "train")
-    assert teacher.digest == hashlib.md5(b"data/recordings a.dir\ndata/resampled r.dir").hexdigest()
+                                                                            "teacher_train", "train split 100")
+    assert teacher.digest == hashlib.md5(b"train split 100\ndata/recordings a.dir\ndata/resampled r.dir").hexdigest()
     assert student.name == "tau22/student_train" and student.digest != teacher.digest
+    params["data"]["split"] = 25  # the student's split is part of its data, not the teacher's
+    assert training_data(params, lock)[0] == teacher
+    assert training_data(params, lock)[1].digest != student.digest and training_data(params, lock)[1].split == (
+        "train split 25")
+    params["data"]["split"] = 100
     lock["stages"]["teacher_train"]["deps"][0]["md5"] = "code changed"  # code is not data
     assert training_data(params, lock)[0] == teacher
     lock["stages"]["teacher_train"]["deps"][1]["md5"] = "other.dir"

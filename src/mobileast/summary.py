@@ -55,23 +55,26 @@ def _numbers(flat: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and v is not None}
 
 
-TRAINING_STAGES = ("teacher_train", "student_train")
+# training stage -> the params key of the data-efficient split it trains on
+TRAINING_STAGES = {"teacher_train": ("teacher", "split"), "student_train": ("data", "split")}
 DATA_DIR = "data/"  # the stores a stage reads are its dependencies under data/
 
 
 def training_data(params: Mapping[str, Any], lock: Mapping[str, Any]) -> list[tracking.DataInput]:
     """The data each training stage read, from its dvc.lock entry: the hashes DVC recorded for
-    its dependencies under data/ (recordings, resampled clips, teacher logits) make the digest."""
+    its dependencies under data/ (recordings, resampled clips, teacher logits) and the split of
+    the train fold it trained on (data.split / teacher.split) make the digest."""
     data = params["data"]
     inputs = []
-    for stage in TRAINING_STAGES:
+    for stage, (section, key) in TRAINING_STAGES.items():
+        split = f"train split {params[section][key]}"
         deps = lock.get("stages", {}).get(stage, {}).get("deps", [])
         stores = sorted(f"{dep['path']} {dep['md5']}" for dep in deps if dep["path"].startswith(DATA_DIR))
         if not stores:
             raise ValueError(f"dvc.lock: stage {stage} lists no data dependencies (run the pipeline: dvc repro)")
         inputs.append(tracking.DataInput(name=f"{data['source']}/{stage}",
-                                         digest=hashlib.md5("\n".join(stores).encode()).hexdigest(),
-                                         source=str(data["root"]), stage=stage))
+                                         digest=hashlib.md5("\n".join([split, *stores]).encode()).hexdigest(),
+                                         source=str(data["root"]), stage=stage, split=split))
     return inputs
 
 

@@ -7,22 +7,22 @@ class takes its config dataclass as its only argument and keeps it as `model.cfg
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import sys
 from typing import Any, Mapping
 
 from torch import nn
 
 from mobileast.errors import ParamsError, params_errors
 
-from mobileast.models.cnn import PRESETS as CNN_PRESETS
-from mobileast.models.mobileast import PRESETS as STUDENT_PRESETS
+from mobileast.models.cnn import CNN, CNNConfig, PRESETS as CNN_PRESETS
+from mobileast.models.mobileast import MobileASTConfig, MobileASTLight, PRESETS as STUDENT_PRESETS
+from mobileast.models.passt import PaSST, PaSSTConfig
 
-# arch -> (module, config class, model class); modules are imported on first use.
-ARCHS: dict[str, tuple[str, str, str]] = {
-    "mobileast": ("mobileast.models.mobileast", "MobileASTConfig", "MobileASTLight"),
-    "cnn": ("mobileast.models.cnn", "CNNConfig", "CNN"),
-    "passt": ("mobileast.models.passt", "PaSSTConfig", "PaSST"),
+# arch -> (config class, model class). Imported statically, so that every stage that can
+# rebuild a model of an architecture depends on its file (mobileast.imports reads imports).
+ARCHS: dict[str, tuple[type, type[nn.Module]]] = {
+    "mobileast": (MobileASTConfig, MobileASTLight),
+    "cnn": (CNNConfig, CNN),
+    "passt": (PaSSTConfig, PaSST),
 }
 
 # preset name -> (arch, config)
@@ -35,9 +35,7 @@ PRESETS: dict[str, tuple[str, Any]] = {
 def _classes(arch: str) -> tuple[type, type[nn.Module]]:
     if arch not in ARCHS:
         raise KeyError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
-    module_name, config_name, model_name = ARCHS[arch]
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), getattr(module, model_name)
+    return ARCHS[arch]
 
 
 def make_config(config_cls: type, config: Mapping[str, Any]) -> Any:
@@ -57,9 +55,8 @@ def build_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
 
 def model_spec(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """(arch, config dict) of a registry model, as checkpoints store them."""
-    for arch, (module_name, _, model_name) in ARCHS.items():
-        module = sys.modules.get(module_name)
-        if module is not None and isinstance(model, getattr(module, model_name)):
+    for arch, (_, model_cls) in ARCHS.items():
+        if isinstance(model, model_cls):
             return arch, dataclasses.asdict(model.cfg)
     raise TypeError(f"{type(model).__name__} is not a registry model")
 
