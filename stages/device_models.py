@@ -103,9 +103,7 @@ def device_model(device: str, params: Mapping[str, Any], recordings: Path, resam
                           f"of device {device} ({len(data.table)} train recordings x device_models."
                           f"crops_per_recording {section['crops_per_recording']}): lower it, raise "
                           "crops_per_recording, or leave the device out of device_models.devices")
-    checkpoint_meta = {"arch": meta.arch, "config": meta.config, "features": meta.features,
-                       "classes": list(meta.classes), "input": meta.input,
-                       "params": {**(meta.params or {}), "device_model": {"device": device, **tune["train"]}}}
+    checkpoint_meta = meta.replace(params={**(meta.params or {}), "device_model": {"device": device, **tune["train"]}})
     files = outputs(device)
     with runtime(params["seed"]) as rt:
         train_supervised(model, checkpoint_meta, "", tune, DistillLoss.cross_entropy(), resampled, data, files, rt,

@@ -13,6 +13,7 @@ import torch
 from mobileast import tracking
 from mobileast.data import RECORDINGS_DIR, RESAMPLED_DIR
 from mobileast.data.crops import RecordingCrops, train_crops
+from mobileast.deploy import ModelMeta
 from mobileast.distill import DistillLoss
 from mobileast.errors import ParamsError, params_errors
 from mobileast.labels import SCENES
@@ -56,8 +57,8 @@ def train_student(params: Mapping[str, Any], recordings: Path, resampled: Path, 
     with runtime(params["seed"]) as rt:
         model = build_student(params["student"], features)
         arch, config = model_spec(model)
-        meta = {"arch": arch, "config": config, "features": dict(features), "classes": list(SCENES),
-                "input": "logmel", "params": dict(params)}  # what it was trained with, for `submit`
+        meta = ModelMeta(features=dict(features), classes=list(SCENES), arch=arch, config=config,
+                         params=dict(params))  # what it was trained with, for `submit`
         train_supervised(model, meta, "", params, loss_fn, resampled, data, outputs, rt,
                          (recordings, resampled, logits_dir), stage_code(__spec__.name), teacher_logits,
                          on_epoch=on_epoch)

@@ -36,7 +36,7 @@ def train_teacher(params: Mapping[str, Any], recordings: Path, resampled: Path, 
                           f"{', '.join(SPECTROGRAM_AUGMENTS)}")
     with runtime(params["seed"]) as rt:
         model, meta = build_teacher(teacher, params["features"])
-        rate = int(meta["features"]["sample_rate"])
+        rate = meta.sample_rate
         data = train_crops(recordings, resampled, rate, section["crop_hop_s"], "teacher.train.crop_hop_s",
                            rate_key(meta), int(section["crops_per_recording"]), params["seed"], teacher["split"])
         train_supervised(model, meta, "teacher.", params, DistillLoss.cross_entropy(), resampled, data, outputs, rt,

@@ -174,8 +174,8 @@ def test_dvc_deps_check_names_stage_and_file_and_write_mends(tmp_path, capsys):
     assert dvcdeps.main(["--write", "--root", str(copy)]) == 0
     assert dvcdeps.main(["--check", "--root", str(copy)]) == 0
     mended = (ROOT / "dvc.yaml").read_text().replace(
-        "      - src/mobileast/models/mobileast.py\n      - stages/__init__.py\n      - stages/complexity.py\n",
-        "      - src/mobileast/models/mobileast.py\n      - src/mobileast/plots.py\n      - stages/__init__.py\n"
+        "      - src/mobileast/models/passt.py\n      - stages/__init__.py\n      - stages/complexity.py\n",
+        "      - src/mobileast/models/passt.py\n      - src/mobileast/plots.py\n      - stages/__init__.py\n"
         "      - stages/complexity.py\n")
     assert dvc.read_text() == mended  # only the import added changed; comments, outs, other deps kept
     assert yaml.safe_load(dvc.read_text())["stages"]["complexity"]["deps"][-2:] == ["models/student.pt",

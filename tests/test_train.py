@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from mobileast.deploy import ModelMeta
 from mobileast.errors import ParamsError
 from mobileast.labels import SCENES
 
@@ -34,7 +35,7 @@ from test_crops import make_clip_store, make_recordings_store
 REPO = Path(__file__).resolve().parents[1]
 CLIP = 800
 FEATURES = {"sample_rate": 8000, "n_fft": 128, "win_length": 128, "hop_length": 100, "n_mels": 16}
-META = {"arch": "tiny", "config": {"width": 8}, "features": FEATURES, "classes": list(SCENES)}
+META = ModelMeta(features=FEATURES, classes=list(SCENES), arch="tiny", config={"width": 8})
 
 
 def tiny_model() -> nn.Module:
@@ -228,7 +229,7 @@ def test_tiny_training_learns_and_writes_outputs(reference_run):
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), pd.DataFrame(history), check_dtype=False)
     assert not (out / "last.pt").exists()  # the resume checkpoint goes once the run is complete
     last = torch.load(out / "model.pt")
-    assert {k: last[k] for k in META} == META and last["epoch"] == 4 and last["history"] == history
+    assert {k: last[k] for k in META.to_checkpoint()} == META.to_checkpoint() and last["epoch"] == 4 and last["history"] == history
     for key, value in state.items():
         torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0)
     # the callbacks: every epoch's checkpoint (already written) and row, then the final model

@@ -45,6 +45,7 @@ META_FILE = "meta.json"
 INPUTS = ("logmel", "waveform")
 CHECKPOINT_KEYS = ("arch", "config", "state_dict", "features", "classes")
 SERIALIZATION_ID = "/.data/serialization_id"  # record of every torch zip archive
+CHECKPOINT_FIELDS = ("arch", "config", "features", "classes", "input", "params")  # a checkpoint's meta keys
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ class ModelMeta:
     def to_json(self, sort_keys: bool = False) -> str:
         """The meta.json text (ONNX metadata sorts the keys)."""
         return json.dumps(self.to_dict(), sort_keys=sort_keys)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The top-level meta keys of a training checkpoint (the inverse of `from_checkpoint`)."""
+        return {name: getattr(self, name) for name in CHECKPOINT_FIELDS if getattr(self, name) is not None}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any]) -> ModelMeta:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mobileast.data.crops import Batch
-from mobileast.deploy import frontend_for, load_checkpoint_model
+from mobileast.deploy import ModelMeta, frontend_for, load_checkpoint_model
 from mobileast.errors import ParamsError, params_errors
 from mobileast.inference import predict
 from mobileast.labels import SCENES
@@ -19,7 +19,7 @@ from mobileast.models.cnn import PRESETS as CNN_PRESETS
 from mobileast.progress import progress
 
 
-def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tuple[nn.Module, ModelMeta]:
     """The teacher named by params' `teacher:` section and its checkpoint meta.
 
     `cnn`: the demo teacher preset (fields in `teacher.cnn.custom` replaced) on the
@@ -43,8 +43,7 @@ def build_teacher(teacher: Mapping[str, Any], features: Mapping[str, Any]) -> tu
     else:
         raise ParamsError(f"teacher.arch must be cnn or passt, got {teacher['arch']!r}")
     arch, config = model_spec(model)
-    return model, {"arch": arch, "config": config, "features": meta_features,
-                   "classes": list(SCENES), "input": kind}
+    return model, ModelMeta(features=meta_features, classes=list(SCENES), arch=arch, config=config, input=kind)
 
 
 def load_teachers(checkpoints: Sequence[Path], device: torch.device,

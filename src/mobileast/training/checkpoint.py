@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mobileast.imports import UNTRACKED_CODE, code_closure
+from mobileast.deploy import ModelMeta
 from mobileast.files import atomic_output, project_root
 from mobileast.training.distributed import Runtime
 from mobileast.training.settings import TrainSettings
@@ -122,11 +123,11 @@ class Checkpoints:
     (DVC then re-runs no later stage).
     """
 
-    def __init__(self, outputs: Outputs, settings: TrainSettings, meta: Mapping[str, Any],
+    def __init__(self, outputs: Outputs, settings: TrainSettings, meta: ModelMeta,
                  resume_key: Mapping[str, Any] | None = None, inputs: Sequence[Path] = (),
                  code: Sequence[Path] = ()):
         self.outputs, self.settings, self.meta = outputs, settings, meta
-        self.fingerprint = fingerprint(settings, meta, resume_key)
+        self.fingerprint = fingerprint(settings, meta.to_checkpoint(), resume_key)
         self.identity = {"inputs": file_identity(inputs), "code": code_identity(code)}
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -189,7 +190,7 @@ class Checkpoints:
     def _checkpoint(self, state: State, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler) -> dict[str, Any]:
         """A checkpoint in the project contract (meta keys, state_dict) with the engine's state."""
-        checkpoint = {**self.meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+        checkpoint = {**self.meta.to_checkpoint(), "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "epoch": state.epoch, "history": state.history, "settings": asdict(self.settings),
                       "fingerprint": self.fingerprint}
         if scaler.is_enabled():

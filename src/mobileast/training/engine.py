@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mobileast.data.crops import Batch, ClipSource
+from mobileast.deploy import ModelMeta
 from mobileast.errors import InputError
 from mobileast.inference import predict, prefetch, resolve_precision
 from mobileast.training.checkpoint import Checkpoints, Outputs
@@ -80,7 +81,7 @@ def classification_validator(source: ClipSource, frontend: nn.Module, batch_size
 
 
 def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSettings,
-        outputs: Outputs, meta: Mapping[str, Any], rt: Runtime, *,
+        outputs: Outputs, meta: ModelMeta, rt: Runtime, *,
         validate_fn: ValidateFn | None = None, resume_key: Mapping[str, Any] | None = None,
         inputs: Sequence[Path] = (), code: Sequence[Path] = (), on_epoch: EpochCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None) -> list[dict[str, float]]:

@@ -52,9 +52,9 @@ def supervised_step(frontend: nn.Module, augmenter: Augmenter, loss_fn: DistillL
     return step
 
 
-def rate_key(meta: Mapping[str, Any]) -> str:
+def rate_key(meta: ModelMeta) -> str:
     """What sets a model's input sample rate, for error messages."""
-    return "features.sample_rate" if meta["input"] == "logmel" else "the PaSST teacher's input rate"
+    return "the PaSST teacher's input rate" if meta.takes_waveform else "features.sample_rate"
 
 
 def section(params: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -64,7 +64,7 @@ def section(params: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return params
 
 
-def train_supervised(model: nn.Module, meta: dict[str, Any], prefix: str, params: Mapping[str, Any],
+def train_supervised(model: nn.Module, meta: ModelMeta, prefix: str, params: Mapping[str, Any],
                      loss_fn: DistillLoss, resampled: Path, data: RecordingCrops, outputs: Outputs, rt: Runtime,
                      inputs: Sequence[Path], code: Sequence[Path] = (), teacher_logits: torch.Tensor | None = None,
                      drop_logs: Sequence[str] = (), on_epoch: EpochCallback | None = None) -> None:
@@ -80,9 +80,9 @@ def train_supervised(model: nn.Module, meta: dict[str, Any], prefix: str, params
                           f"({len(data.table)} train recordings x {prefix}train.crops_per_recording "
                           f"{data.crops_per_recording}): lower it, or raise crops_per_recording")
     precision = resolve_precision(settings.precision, rt.device)
-    sample_rate = int(meta["features"]["sample_rate"])
-    with params_errors("section 'features'" if meta["input"] == "logmel" else "section 'teacher.passt'"):
-        frontend = frontend_for(ModelMeta.from_dict(meta)).to(rt.device)
+    sample_rate = meta.sample_rate
+    with params_errors("section 'teacher.passt'" if meta.takes_waveform else "section 'features'"):
+        frontend = frontend_for(meta).to(rt.device)
     with params_errors(f"section '{prefix}augment'"):
         augmenter = Augmenter.from_params(section(params, f"{prefix}augment"), sample_rate)
     step = supervised_step(frontend, augmenter, loss_fn,
