@@ -255,6 +255,111 @@ def wrong_param_types(scratch: Scratch) -> Row:
     return row
 
 
+def repo_params(**sections) -> dict:
+    """The repository's params.yaml with `sections` (top-level keys) replaced."""
+    return {**yaml.safe_load((REPO / "params.yaml").read_text()), **sections}
+
+
+def set_keys(params: dict, values: dict) -> dict:
+    """`params` with dotted keys set (a copy): {"teacher.train.epochs": 3}."""
+    params = json.loads(json.dumps(params))
+    for key, value in values.items():
+        *path, last = key.split(".")
+        section = params
+        for name in path:
+            section = section[name]
+        section[last] = value
+    return params
+
+
+def stores(scratch: Scratch, params: dict) -> Path:
+    """A project over the tiny TAU22 dataset with its resampled store and recordings
+    (stages resample and reassemble), ready for the stages after them."""
+    dataset = scratch.folder / "dataset"
+    tiny_dataset(dataset)
+    project = scratch.project({**params, **data_params(dataset)})
+    for name in ("resample", "reassemble"):
+        run = scratch.stage(project, name)
+        if run.returncode != 0:
+            raise RuntimeError(f"stage {name} failed: {run.first_line}")
+    return project
+
+
+# --- model files and user audio ----------------------------------------------------------
+
+class MarkerPayload:
+    """Unpickling this creates `marker` (builtins.open(marker, "w")): code a model file runs when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@fault("malicious-checkpoint", fast=True)
+def malicious_checkpoint(scratch: Scratch) -> Row:
+    import torch
+
+    project = stores(scratch, repo_params())
+    marker, evil = scratch.folder / "marker", Path("models/teacher.pt")
+    (project / "models").mkdir()
+    torch.save({"arch": "cnn", "config": {}, "state_dict": MarkerPayload(marker), "features": {}, "classes": []},
+               project / evil)
+    sf.write(project / "a.wav", clip(0), RATE)
+    commands = {"predict": ["-m", "mobileast", "predict", "--model", str(evil), "a.wav"],
+                "evaluate": ["-m", "mobileast", "evaluate", "--model", str(evil)],
+                "submit": ["-m", "mobileast", "submit", "--model", str(evil), "--audio-dir", ".", "--out", "out"],
+                "export": ["-m", "mobileast", "export", "--model", str(evil), "--format", "onnx", "out.onnx"],
+                "complexity": ["-m", "mobileast", "complexity", "--checkpoint", str(evil)],
+                "stage teacher_logits": ["-m", "stages.teacher_logits"]}
+    row = Row(f"a checkpoint whose unpickling would create a file, as --model of {', '.join(list(commands)[:-1])} "
+              "and as the teacher of stage teacher_logits (the ensemble loader)")
+    refused = f"{evil}: refused: its pickle would call or build io.open"
+    for name, args in commands.items():
+        run = scratch.run(args, project)
+        row.saw = row.saw or run.first_line
+        row.expect(run.returncode != 0 and refused in run.first_line, f"{name}: exit status {run.returncode}, "
+                                                                      f"message {run.first_line!r}")
+        no_traceback(row, run)
+    row.expect(not marker.exists(), "the file's code ran: the marker exists")
+    row.expect(not (project / "out").exists() and not (project / "out.onnx").exists(), "outputs were written")
+    return row
+
+
+def deployed_model(path: Path) -> Path:
+    """A tiny deployed (TorchScript) scene model at 16 kHz: its logits are a linear map of
+    the mean log-mel, enough for `predict` to run."""
+    import torch
+    from torch import nn
+
+    from mobileast import deploy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, len(SCENES)))
+    features = {"sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 250, "n_mels": 30}
+    deploy.save_deployed(model, path, deploy.ModelMeta(features=features, classes=list(SCENES), arch="mean"))
+    return path
+
+
+@fault("one-hz-wav", fast=True)
+def one_hz_wav(scratch: Scratch) -> Row:
+    model = deployed_model(scratch.folder / "model.pt")
+    sf.write(scratch.folder / "one_hz.wav", np.zeros(1000, np.int16), 1)  # a header claiming 1 Hz
+    sf.write(scratch.folder / "good.wav", clip(0), RATE)
+    row = Row("python -m mobileast predict --json of a WAV whose header claims 1 Hz, then of a good file")
+    run = scratch.run(["-m", "mobileast", "predict", "--model", str(model), "--json", "one_hz.wav", "good.wav"],
+                      scratch.folder)
+    row.saw = run.first_line
+    row.expect(run.returncode == 1 and "one_hz.wav: sample rate 1 Hz is outside" in run.first_line,
+               f"exit status {run.returncode}, message {run.first_line!r}")
+    no_traceback(row, run)
+    files = json.loads(run.stdout)["files"] if run.stdout.strip() else []
+    row.expect(len(files) == 2 and "error" in files[0] and "label" in files[1],
+               "the --json document lacks the bad file's error or the good file's prediction")
+    return row
+
+
 # --- download ----------------------------------------------------------------------------
 
 PIECE = 1 << 14  # bytes a slow answer sends at a time
