@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -357,6 +358,67 @@ def one_hz_wav(scratch: Scratch) -> Row:
     files = json.loads(run.stdout)["files"] if run.stdout.strip() else []
     row.expect(len(files) == 2 and "error" in files[0] and "label" in files[1],
                "the --json document lacks the bad file's error or the good file's prediction")
+    return row
+
+
+# --- training stages -----------------------------------------------------------------------
+
+TINY_TEACHER = {  # dotted keys over params.yaml: a small CNN teacher on 16 kHz audio, a few steps an epoch
+    "features.sample_rate": 16000, "features.n_fft": 512, "features.win_length": 400, "features.hop_length": 250,
+    "features.n_mels": 32, "teacher.cnn.custom": {"stem_channels": 8, "channels": [8, 16]},
+    "teacher.train.batch_size": 2, "teacher.train.crops_per_recording": 2,
+}
+
+
+# `python -m stages.teacher_train` whose weights turn non-finite after optimiser step argv[1]:
+# a run diverging at a step the row chooses (a huge learning rate overflows the BatchNorm
+# statistics within the first epoch)
+DIVERGE_AT = ("import runpy, sys, torch\n"
+              "after, steps = int(sys.argv[1]), []\n"
+              "step = torch.optim.Adam.step\n"
+              "def diverging(self, *args, **kwargs):\n"
+              "    result = step(self, *args, **kwargs)\n"
+              "    steps.append(1)\n"
+              "    if len(steps) == after:\n"
+              "        with torch.no_grad():\n"
+              "            for group in self.param_groups:\n"
+              "                for weight in group['params']:\n"
+              "                    weight.mul_(float('inf'))\n"
+              "    return result\n"
+              "torch.optim.Adam.step = diverging\n"
+              "sys.argv = sys.argv[:1]\n"
+              "runpy.run_module('stages.teacher_train', run_name='__main__')\n")
+
+
+@fault("nan-loss", fast=True)
+def nan_loss(scratch: Scratch) -> Row:
+    params = set_keys(repo_params(), {**TINY_TEACHER, "teacher.train.epochs": 3})
+    project = stores(scratch, params)
+    row = Row("stage teacher_train whose weights become infinite after step 6 (epoch 2 of 3, 4 steps an epoch): "
+              "the loss turns NaN; then the stage again")
+    run = scratch.run(["-c", DIVERGE_AT, "6"], project)
+    row.saw = run.first_line
+    row.expect(run.returncode == 1 and run.first_line.startswith("teacher_train: epoch 2, step 3 of 4: the training "
+                                                                 "loss is not finite"),
+               f"exit status {run.returncode}, message {run.first_line!r}")
+    row.expect("the checkpoint of epoch 1 is kept in .resume/teacher_train.pt" in run.first_line,
+               "the message does not say which checkpoint is kept")
+    no_traceback(row, run)
+    row.expect(not (project / "models" / "teacher.pt").exists(), "the diverged model was written")
+    import torch
+
+    kept = torch.load(project / ".resume" / "teacher_train.pt", weights_only=True)
+    row.expect(kept["epoch"] == 1, f"the kept checkpoint is of epoch {kept['epoch']}")
+    bad = [k for k, v in kept["state_dict"].items() if not torch.isfinite(v).all()]
+    row.expect(not bad, f"the kept checkpoint holds non-finite {', '.join(bad)}")
+    row.expect(len(pd.read_csv(project / "reports" / "teacher_history.csv")) == 1,
+               "the history does not end at the kept epoch")
+    rerun = scratch.stage(project, "teacher_train")
+    row.recover_s = rerun.seconds
+    row.expect(rerun.returncode == 0 and (project / "models" / "teacher.pt").exists(),
+               f"the rerun failed: {rerun.first_line}")
+    row.expect("resuming from .resume/teacher_train.pt after epoch 1" in rerun.stdout + rerun.stderr,
+               "the rerun did not resume from the kept checkpoint")
     return row
 
 
