@@ -32,6 +32,7 @@ import threading
 import time
 import traceback
 import zipfile
+from contextlib import closing
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -419,6 +420,56 @@ def nan_loss(scratch: Scratch) -> Row:
                f"the rerun failed: {rerun.first_line}")
     row.expect("resuming from .resume/teacher_train.pt after epoch 1" in rerun.stdout + rerun.stderr,
                "the rerun did not resume from the kept checkpoint")
+    return row
+
+
+def store_query(store: Path, sql: str) -> list[tuple]:
+    """Rows of `sql` on the sqlite MLflow store, [] while it does not exist or is being set up."""
+    import sqlite3
+
+    if not store.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(store, timeout=1)) as connection:
+            return connection.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+@fault("locked-mlflow-store", fast=False)
+def locked_mlflow_store(scratch: Scratch) -> Row:
+    import sqlite3
+
+    scratch.env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, mlflow.db
+    project = stores(scratch, set_keys(repo_params(), {**TINY_TEACHER, "teacher.train.epochs": 2}))
+    store, model = project / "mlflow.db", project / "models" / "teacher.pt"
+    row = Row("stage teacher_train (2 epochs) with the MLflow store's sqlite file held locked by another writer "
+              "from when its run has logged its params until the model is written")
+    stage = scratch.popen(["-m", "stages.teacher_train"], project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not store_query(store, "SELECT key FROM params JOIN runs USING (run_uuid) WHERE status = 'RUNNING'"):
+        if time.monotonic() > deadline or stage.poll() is not None:
+            stage.kill()
+            row.problems.append("the stage's MLflow run did not start")
+            return row
+        time.sleep(0.05)
+    with closing(sqlite3.connect(store, timeout=30, isolation_level=None)) as lock:
+        lock.execute("BEGIN EXCLUSIVE")
+        start = time.perf_counter()
+        while not model.exists() and stage.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        locked_s = time.perf_counter() - start
+        lock.execute("ROLLBACK")
+    out, err = stage.communicate(timeout=300)
+    run = Run(stage.returncode, out, err, 0.0)
+    row.saw = next((line for line in err.splitlines() if "tracking: warning" in line), run.first_line)
+    row.expect(run.returncode == 0 and model.exists(), f"the stage failed: {run.first_line}")
+    row.expect(err.count("tracking: warning: cannot log metrics") == 1, "no warning (or more than one) on stderr")
+    no_traceback(row, run)
+    row.expect(len(pd.read_csv(project / "reports" / "teacher_history.csv")) == 2, "the history lacks epochs")
+    row.expect([r[0] for r in store_query(store, "SELECT status FROM runs")] == ["FINISHED"],
+               "the stage's run is not FINISHED in the store")
+    row.done += f" (locked for {locked_s:.0f} s)"
     return row
 
 
