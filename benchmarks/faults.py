@@ -362,6 +362,48 @@ def one_hz_wav(scratch: Scratch) -> Row:
     return row
 
 
+# `python -m mobileast predict ARGS...` that writes its peak resident memory (bytes) to argv[1]
+PEAK_RSS = ("import resource, runpy, sys\n"
+            "out, sys.argv = sys.argv[1], ['mobileast', 'predict', *sys.argv[2:]]\n"
+            "try:\n"
+            "    runpy.run_module('mobileast', run_name='__main__')\n"
+            "finally:\n"
+            "    with open(out, 'w') as f:\n"
+            "        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))\n")
+LONG_RATE = 8000  # the long file's rate: predict resamples it to the model's 16 kHz
+
+
+def long_wav(path: Path, seconds: int) -> None:
+    """A mono 16-bit WAV of `seconds` of noise, written a minute at a time (the writer stays small)."""
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", LONG_RATE, 1, "PCM_16") as file:
+        for start in range(0, seconds, 60):
+            file.write((0.1 * rng.standard_normal(min(60, seconds - start) * LONG_RATE)).astype(np.float32))
+
+
+@fault("two-hour-wav", fast=False)
+def two_hour_wav(scratch: Scratch) -> Row:
+    model = deployed_model(scratch.folder / "model.pt")
+    peaks, runs = {}, {}
+    for seconds in (10, 1800, 7200):
+        long_wav(scratch.folder / f"{seconds}.wav", seconds)
+        runs[seconds] = scratch.run(["-c", PEAK_RSS, str(scratch.folder / "peak"), "--model", str(model), "--json",
+                                     f"{seconds}.wav"], scratch.folder, timeout=900)
+        peaks[seconds] = int((scratch.folder / "peak").read_text()) >> 20
+    run, whole = runs[7200], 7200 * 16000 * 4 >> 20
+    result = json.loads(run.stdout)["files"][0] if run.returncode == 0 else {}
+    row = Row(f"python -m mobileast predict --json of a 2-hour {LONG_RATE // 1000} kHz 16-bit WAV "
+              f"({(scratch.folder / '7200.wav').stat().st_size >> 20} MiB; its samples as float32 at the model's "
+              f"16 kHz: {whole} MiB), and of 10 s and 30 min files of the same")
+    row.saw = (f"exit status {run.returncode}, duration_s {result.get('duration_s')}, label {result.get('label')} in "
+               f"{run.seconds:.0f} s; peak RSS {peaks[7200]} MiB (10 s: {peaks[10]} MiB, 30 min: {peaks[1800]} MiB)")
+    row.expect(run.returncode == 0 and result.get("duration_s") == 7200.0, f"predict failed: {run.first_line}")
+    row.expect(peaks[7200] - peaks[10] < whole // 2, f"the peak grew by {peaks[7200] - peaks[10]} MiB over a 10 s "
+                                                     f"file's, as if the file were held in memory")
+    row.expect(peaks[7200] - peaks[1800] < whole // 4, "the peak grew with the file's length from 30 min to 2 h")
+    return row
+
+
 # --- training stages -----------------------------------------------------------------------
 
 TINY_TEACHER = {  # dotted keys over params.yaml: a small CNN teacher on 16 kHz audio, a few steps an epoch
