@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -513,6 +514,185 @@ def locked_mlflow_store(scratch: Scratch) -> Row:
                "the stage's run is not FINISHED in the store")
     row.done += f" (locked for {locked_s:.0f} s)"
     return row
+
+
+# --- kill -9 of `dvc repro` in a clone of this checkout --------------------------------------
+
+TINY_PIPELINE = {  # dotted keys over params.yaml: the demo dataset at about 200 clips, tiny models, a few steps an epoch
+    "data.workers": 1, "demo.seed": 7, "demo.cities": ["lyon", "milan"], "demo.locations_per_city": 2,
+    "demo.train_recordings_per_class": 1, "demo.parallel_devices_train": ["b"], "demo.parallel_fraction": 0.5,
+    "demo.eval_recordings_per_class": 1, "demo.eval_devices": ["a", "s4"], "demo.eval_devices_per_recording": 1,
+    "teacher.cnn.custom": {"stem_channels": 8, "channels": [32, 64]},
+    "teacher.train.epochs": 2, "teacher.train.batch_size": 8, "teacher.train.crops_per_recording": 4,
+    "logits.batch_size": 64,
+    "student.custom": {"stem_channels": 8, "c1": 8, "c2": 8, "c3": 8, "c_out": 16, "d_local": 8, "d_mlp": 16,
+                       "depth": 1},
+    "train.epochs": 1, "train.batch_size": 8, "quant.calib_batches": 2, "quant.batch_size": 8,
+    "evaluate.batch_size": 64,
+}
+
+
+class Pipeline:
+    """A copy of this checkout's tracked files (their working-tree content) committed in a new git
+    repository, `.venv` linked as `make` does, params.yaml set to TINY_PIPELINE; `dvc repro` runs in it
+    as a user runs it (no PYTHONPATH: stages/python puts the copy's src/ first)."""
+
+    def __init__(self, scratch: Scratch, values: dict | None = None) -> None:
+        self.root = root = scratch.folder / "checkout"
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        for name in filter(None, listed.decode().split("\0")):
+            if (REPO / name).is_file():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, root / name)
+        (root / ".venv").symlink_to(Path(sys.prefix))
+        write_params(root, set_keys(yaml.safe_load((root / "params.yaml").read_text()), {**TINY_PIPELINE, **(values or {})}))
+        drop = {"PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "DVC_ROOT", "DVC_EXP_NAME", "RANK"}
+        self.env = {k: v for k, v in scratch.env.items() if k not in drop}
+        for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=f", "-c", "user.email=f@f", "commit", "-qm", "copy"]):
+            subprocess.run(["git", *args], cwd=root, capture_output=True, check=True)
+        self.log = scratch.folder / "dvc.log"
+
+    def repro(self, *args: str) -> Run:
+        start = time.perf_counter()
+        proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=900)
+        return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
+
+    def kill_repro_when(self, reached: Callable[[], bool], *args: str) -> tuple[bool, list[psutil.Process]]:
+        """`dvc repro ARGS` killed with SIGKILL (dvc and the stage: its process group) as soon as
+        `reached()`, polled every millisecond; -> (reached before the run ended, its processes)."""
+        with self.log.open("w") as log:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", *args], cwd=self.root,
+                                    env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        family: list[psutil.Process] = []
+        deadline = time.monotonic() + 900
+        hit = False
+        while proc.poll() is None and time.monotonic() < deadline:
+            if reached():
+                hit = True
+                break
+            if len(family) < 3:  # dvc, the stage's shell, its python
+                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            time.sleep(0.001)
+        try:
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return hit, family
+
+
+def resume_epoch(path: Path) -> int | None:
+    """The epoch of a resume checkpoint, None when there is none."""
+    import torch
+
+    return int(torch.load(path, weights_only=True)["epoch"]) if path.exists() else None
+
+
+def versions(path: Path) -> Callable[[], int]:
+    """A counter of the versions of `path` seen so far (each atomic rewrite is a new inode), for polling."""
+    seen: set[tuple[int, int]] = set()
+
+    def count() -> int:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return len(seen)
+        seen.add((stat.st_ino, stat.st_mtime_ns))
+        return len(seen)
+    return count
+
+
+def kill_training(scratch: Scratch, point: str, reached: Callable[[Path], Callable[[], bool]],
+                  landed: Callable[[Path], str | None]) -> Row:
+    """kill -9 of `dvc repro teacher_train` (2 epochs) when `reached(root)()` turns true, then `dvc repro`
+    again: it must resume from the resume checkpoint and give the bytes of an uninterrupted run.
+    `landed(root)`: None when the kill hit `point`, else what it hit instead."""
+    pipeline = Pipeline(scratch)
+    root = pipeline.root
+    ready = pipeline.repro("reassemble")
+    if ready.returncode != 0:
+        raise RuntimeError(f"dvc repro reassemble failed: {ready.stderr.strip()[-300:]}")
+    row = Row(f"kill -9 of `dvc repro teacher_train` (2 epochs) {point}, then `dvc repro teacher_train` again")
+    hit, family = pipeline.kill_repro_when(reached(root), "teacher_train")
+    missed = landed(root) if hit else "the run ended before the point was seen"
+    row.expect(missed is None, f"the kill missed the point: {missed}")
+    kept = resume_epoch(root / ".resume" / "teacher_train.pt")
+    row.saw = f"(killed) .resume/teacher_train.pt of epoch {kept}; models/teacher.pt " + \
+        ("present" if (root / "models" / "teacher.pt").exists() else "absent")
+    start = time.perf_counter()
+    while running(family) and time.perf_counter() - start < GONE_WITHIN_S:
+        time.sleep(0.05)
+    left = running(family)
+    row.expect(not left, f"left running: {', '.join(str(p.pid) for p in left)}")
+    rerun = pipeline.repro("teacher_train")
+    row.recover_s = rerun.seconds
+    if not row.expect(rerun.returncode == 0, f"the rerun failed: {(rerun.stderr or rerun.stdout).strip()[-300:]}"):
+        return row
+    if kept is not None:
+        row.expect(f"resuming from .resume/teacher_train.pt after epoch {kept}" in rerun.stdout,
+                   f"the rerun did not resume after epoch {kept}")
+    row.saw += "; rerun: " + next((line.strip() for line in rerun.stdout.splitlines() if "resuming from" in line),
+                                  "trained from epoch 0")
+    row.expect(not (root / ".resume" / "teacher_train.pt").exists(), "the resume checkpoint was left behind")
+    history = pd.read_csv(root / "reports" / "teacher_history.csv")
+    row.expect(history["epoch"].tolist() == [1, 2], f"the history holds epochs {history['epoch'].tolist()}")
+    resumed = (root / "models" / "teacher.pt").read_bytes()
+    shutil.rmtree(root / ".dvc" / "cache" / "runs", ignore_errors=True)  # DVC would restore, not train
+    reference = pipeline.repro("-f", "-s", "teacher_train")
+    row.expect(reference.returncode == 0 and (root / "models" / "teacher.pt").read_bytes() == resumed,
+               "the resumed model differs from an uninterrupted run's")
+    return row
+
+
+@fault("kill-9-mid-epoch", fast=False)
+def kill_mid_epoch(scratch: Scratch) -> Row:
+    def reached(root: Path) -> Callable[[], bool]:
+        resume, seen = root / ".resume" / "teacher_train.pt", []
+
+        def check() -> bool:  # a quarter of the first epoch's time into the second epoch
+            if not seen and resume.exists():
+                seen.append(time.monotonic())
+            return bool(seen) and time.monotonic() > seen[0] + 0.25
+        return check
+
+    def landed(root: Path) -> str | None:
+        epoch = resume_epoch(root / ".resume" / "teacher_train.pt")
+        return None if epoch == 1 else f"the resume checkpoint is of epoch {epoch}"
+
+    return kill_training(scratch, "during epoch 2 (after epoch 1's checkpoint)", reached, landed)
+
+
+@fault("kill-9-after-last-checkpoint", fast=False)
+def kill_after_last_checkpoint(scratch: Scratch) -> Row:
+    def reached(root: Path) -> Callable[[], bool]:
+        count = versions(root / ".resume" / "teacher_train.pt")
+        return lambda: count() >= 2
+
+    def landed(root: Path) -> str | None:
+        if (root / "models" / "teacher.pt").exists():
+            return "after the model was written"
+        epoch = resume_epoch(root / ".resume" / "teacher_train.pt")
+        return None if epoch == 2 else f"the resume checkpoint is of epoch {epoch}"
+
+    return kill_training(scratch, "right after the last epoch's resume checkpoint, before the model is written",
+                         reached, landed)
+
+
+@fault("kill-9-during-model-write", fast=False)
+def kill_during_model_write(scratch: Scratch) -> Row:
+    def reached(root: Path) -> Callable[[], bool]:
+        scratch_dir = root / "models" / ".teacher.pt.tmp"
+        return scratch_dir.exists
+
+    def landed(root: Path) -> str | None:
+        if (root / "models" / "teacher.pt").exists():
+            return "after the model was written"
+        return None if (root / "models" / ".teacher.pt.tmp").exists() else "outside the model write"
+
+    return kill_training(scratch, "while the model is written (its scratch folder models/.teacher.pt.tmp exists)",
+                         reached, landed)
 
 
 # --- download ----------------------------------------------------------------------------
