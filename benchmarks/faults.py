@@ -636,6 +636,7 @@ def kill_training(scratch: Scratch, point: str, reached: Callable[[Path], Callab
     row.saw += "; rerun: " + next((line.strip() for line in rerun.stdout.splitlines() if "resuming from" in line),
                                   "trained from epoch 0")
     row.expect(not (root / ".resume" / "teacher_train.pt").exists(), "the resume checkpoint was left behind")
+    row.expect(not (root / "models" / ".teacher.pt.tmp").exists(), "the killed write's scratch folder was left behind")
     history = pd.read_csv(root / "reports" / "teacher_history.csv")
     row.expect(history["epoch"].tolist() == [1, 2], f"the history holds epochs {history['epoch'].tolist()}")
     resumed = (root / "models" / "teacher.pt").read_bytes()
@@ -693,6 +694,39 @@ def kill_during_model_write(scratch: Scratch) -> Row:
 
     return kill_training(scratch, "while the model is written (its scratch folder models/.teacher.pt.tmp exists)",
                          reached, landed)
+
+
+SUMMARY_RUNS = ("SELECT runs.status, runs.lifecycle_stage FROM runs JOIN tags USING (run_uuid) "
+                "WHERE tags.key = 'summary' AND tags.value = 'true'")
+
+
+@fault("kill-9-during-track", fast=False)
+def kill_during_track(scratch: Scratch) -> Row:
+    pipeline = Pipeline(scratch)
+    root = pipeline.root
+    store = root / "mlflow.db"
+    row = Row("kill -9 of `dvc repro` (every stage) while stage track logs the summary run to MLflow, "
+              "then `dvc repro` again")
+    hit, family = pipeline.kill_repro_when(lambda: ("RUNNING", "active") in store_query(store, SUMMARY_RUNS))
+    log = pipeline.log.read_text()
+    row.expect(hit and "Running stage 'track'" in log, "the kill did not land during track: "
+               + ("the run ended first" if not hit else "track had not started"))
+    row.saw = f"(killed) summary runs in the store: {store_query(store, SUMMARY_RUNS)}"
+    start = time.perf_counter()
+    while running(family) and time.perf_counter() - start < GONE_WITHIN_S:
+        time.sleep(0.05)
+    left = running(family)
+    row.expect(not left, f"left running: {', '.join(str(p.pid) for p in left)}")
+    rerun = pipeline.repro()
+    row.recover_s = rerun.seconds
+    if not row.expect(rerun.returncode == 0, f"the rerun failed: {(rerun.stderr or rerun.stdout).strip()[-300:]}"):
+        return row
+    ran = re.findall(r"Running stage '([^']+)'", rerun.stdout)
+    row.expect(ran == ["track"], f"the rerun ran {ran}, not track alone")
+    active = [status for status, stage in store_query(store, SUMMARY_RUNS) if stage == "active"]
+    row.saw += f"; rerun ran {ran}, active summary runs after it: {active}"
+    row.expect(active == ["FINISHED"], "the store does not hold exactly one FINISHED summary run")
+    return row
 
 
 # --- download ----------------------------------------------------------------------------
