@@ -256,3 +256,14 @@ def test_an_onnx_model_with_external_data_is_refused(tmp_path, capsys):
         deploy.load_model_any(tmp_path / "ext.onnx")
     assert predict.main(["--model", str(tmp_path / "ext.onnx"), str(tmp_path / "a.wav")]) == 2
     assert "external data" in capsys.readouterr().err
+
+
+def test_non_finite_samples_are_counted_over_every_block(tmp_path, loaded, monkeypatch):
+    model, frontend, meta = loaded
+    wave = tone(2.5, RATE)[:, 0]
+    wave[[RATE + 5, RATE + 6, 2 * RATE + 1]] = np.nan, np.inf, np.nan
+    sf.write(tmp_path / "nan.wav", wave, RATE, subtype="FLOAT")
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1)
+    with pytest.raises(audio.NonFiniteAudio, match=r"nan.wav: 3 non-finite samples \(NaN or inf\), the first at "
+                                                   r"1.0003 s$"):
+        predict.file_logits(tmp_path / "nan.wav", model, frontend, meta)
