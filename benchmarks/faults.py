@@ -434,7 +434,7 @@ DIVERGE_AT = ("import runpy, sys, torch\n"
               "runpy.run_module('stages.teacher_train', run_name='__main__')\n")
 
 
-@fault("nan-loss", fast=True)
+@fault("nan-loss", fast=False)
 def nan_loss(scratch: Scratch) -> Row:
     params = set_keys(repo_params(), {**TINY_TEACHER, "teacher.train.epochs": 3})
     project = stores(scratch, params)
