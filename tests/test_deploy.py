@@ -182,7 +182,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="truncated.pt: not a loadable"):
         deploy.load_model_any(tmp_path / "truncated.pt")
     torch.save({**ckpt_entries(), "model": Tiny()}, tmp_path / "pickled.pt")  # code, not only weights
-    with pytest.raises(ValueError, match="pickled.pt: not a loadable model or checkpoint"):
+    with pytest.raises(ValueError, match="pickled.pt: refused: its pickle would call or build test_deploy.Tiny, "):
         deploy.load_model_any(tmp_path / "pickled.pt")
     torch.save({"state_dict": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"partial.pt: not a training checkpoint \(lacks \['arch'"):
@@ -190,3 +190,58 @@ def test_clear_errors(tmp_path):
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(tmp_path / "nometa.pt"))
     with pytest.raises(ValueError, match="nometa.pt: TorchScript model without meta.json"):
         deploy.load_model_any(tmp_path / "nometa.pt")
+
+
+class MarkerPayload:
+    """Unpickling this creates `marker` (builtins.open(marker, "w")): code a model file runs when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def malicious_checkpoint(path, marker):
+    """A checkpoint with the contract keys whose state_dict unpickles into MarkerPayload."""
+    torch.save({"arch": "tiny", "config": {}, "state_dict": MarkerPayload(marker), "features": {}, "classes": []}, path)
+
+
+def test_a_model_file_whose_unpickling_runs_code_is_refused(tmp_path, capsys):
+    from mobileast import complexity, export, predict
+    from mobileast.teachers import load_teachers
+
+    malicious_checkpoint(tmp_path / "proof.pt", tmp_path / "proof_marker")
+    torch.load(tmp_path / "proof.pt", weights_only=False)  # the unsafe load the payload is made for
+    assert (tmp_path / "proof_marker").exists()
+    marker, evil = tmp_path / "marker", tmp_path / "evil.pt"
+    malicious_checkpoint(evil, marker)
+    refused = f"{evil}: refused: its pickle would call or build io.open, which a checkpoint never holds"
+    for load in (deploy.load_model_any, deploy.load_checkpoint_model,
+                 lambda p: load_teachers([p], torch.device("cpu"), 16000)):
+        with pytest.raises(deploy.InputError, match="^" + refused):
+            load(evil)
+    for command, argv in [(predict.main, ["--model", str(evil), "x.wav"]),
+                          (export.main, ["--model", str(evil), "--format", "onnx", str(tmp_path / "x.onnx")]),
+                          (complexity.main, ["--checkpoint", str(evil)])]:
+        assert command(argv) == 2
+        assert capsys.readouterr().err.strip().startswith("error: " + refused)
+    assert not marker.exists()
+
+
+def test_a_torchscript_archive_whose_data_unpickles_into_code_is_refused(tmp_path):
+    """TorchScript's own unpickler resolves only TorchScript types: a deployed archive whose
+    data.pkl names a Python callable does not load, and nothing runs."""
+    import pickle
+    import zipfile
+
+    deploy.save_deployed(trained_tiny(), tmp_path / "good.pt", META)
+    marker = tmp_path / "marker"
+    with zipfile.ZipFile(tmp_path / "good.pt") as source, zipfile.ZipFile(tmp_path / "evil.pt", "w") as target:
+        for info in source.infolist():
+            target.writestr(info, pickle.dumps(MarkerPayload(marker), protocol=2)
+                            if info.filename.endswith("/data.pkl") else source.read(info))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'evil.pt'}: not a loadable TorchScript model "
+                                         r"\(Unknown type name 'io.open'"):
+        deploy.load_model_any(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mobileast import deploy, predict
+from mobileast.data import audio
 from mobileast.cli import main as cli_main
 from mobileast.inference import clip_batches
 from mobileast.inference import predict as infer
@@ -49,15 +50,78 @@ def loaded(model_path):
     return model, deploy.frontend_for(meta), meta
 
 
-def test_split_clips():
+@pytest.mark.parametrize("block", [7, 100, 130, 1000])
+def test_clip_cutter(block):
     clip, tail = 100, 50
     for n, expected in [(30, [0]), (300, [0, 100, 200]), (340, [0, 100, 200]), (350, [0, 100, 200, 250])]:
         wave = np.arange(1, n + 1, dtype=np.float32)
-        clips, starts = predict.split_clips(wave, clip, tail)
-        assert starts.tolist() == expected
-        for c, s in zip(clips, starts):  # slow obvious reference
+        cutter = predict.ClipCutter(clip, tail)
+        clips = list(cutter.clips(wave[i:i + block] for i in range(0, n, block)))
+        assert cutter.starts == expected and cutter.samples == n and len(clips) == len(expected)
+        for c, s in zip(clips, cutter.starts):  # slow obvious reference
             want = [wave[i] if i < n else 0.0 for i in range(s, s + clip)]
             np.testing.assert_array_equal(c, want)
+
+
+def test_file_is_streamed_in_blocks_with_whole_file_resampling(tmp_path, loaded, monkeypatch):
+    """Read in blocks of 1 s (3.5 blocks), resampled 44.1 -> 16 kHz block by block: the
+    clips are those of the whole file read at once and resampled in one go."""
+    model, frontend, meta = loaded
+    stereo = tone(3.5, 44100, 700.0, channels=2)
+    stereo[:, 1] *= -0.3
+    sf.write(tmp_path / "a.wav", stereo, 44100, subtype="FLOAT")
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1)
+    reader = audio.AudioReader(tmp_path / "a.wav")
+    blocks = list(reader.blocks())
+    assert [len(b) for b in blocks] == [44100, 44100, 44100, 22050]
+    whole = audio.resample(stereo.mean(axis=1, dtype=np.float32), 44100, RATE)
+    streamed = np.concatenate(list(audio.resample_blocks(iter(blocks), 44100, RATE)))
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-6)
+    seen = []
+
+    def watched(model, frontend, batches, device):
+        return infer(model, frontend, (seen.append(b) or b for b in batches), device)
+
+    monkeypatch.setattr(predict, "predict", watched)
+    result = predict.file_logits(tmp_path / "a.wav", model, frontend, meta, batch_size=2)
+    assert [len(b) for b in seen] == [2, 2] and torch.cat([b.row for b in seen]).tolist() == [0, 1, 2, 3]
+    assert result.starts.tolist() == [0, RATE, 2 * RATE, len(whole) - RATE] and result.samples == len(whole)
+    clips = np.stack([whole[s:s + RATE] for s in result.starts])
+    torch.testing.assert_close(result.logits, model(frontend(torch.from_numpy(clips))).detach(), rtol=0, atol=1e-5)
+
+
+def test_absurd_sample_rate_and_batch_size_are_refused(tmp_path, model_path, capsys):
+    sf.write(tmp_path / "one_hz.wav", np.zeros(100, np.int16), 1)  # a header claiming 1 Hz
+    sf.write(tmp_path / "good.wav", tone(1.0, RATE), RATE)
+    files = [str(tmp_path / "one_hz.wav"), str(tmp_path / "good.wav")]
+    assert predict.main(["--model", str(model_path), "--json", *files]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"error: {files[0]}: sample rate 1 Hz is outside 1000..768000 Hz "
+                                    "(a broken or mislabelled header)")
+    doc = json.loads(captured.out)
+    assert "error" in doc["files"][0] and doc["files"][1]["label"] in CLASSES
+    for size in ("0", "-3", "x"):
+        with pytest.raises(SystemExit):
+            predict.main(["--model", str(model_path), "--batch-size", size, files[1]])
+        assert "argument --batch-size: " in capsys.readouterr().err
+
+
+def test_out_of_memory_on_one_file_does_not_stop_the_others(tmp_path, model_path, capsys, monkeypatch):
+    sf.write(tmp_path / "a.wav", tone(1.0, RATE), RATE)
+    sf.write(tmp_path / "b.wav", tone(1.0, RATE), RATE)
+    real = predict.predict_file
+
+    def predict_file(path, *args):
+        if path.endswith("a.wav"):
+            raise MemoryError
+        return real(path, *args)
+
+    monkeypatch.setattr(predict, "predict_file", predict_file)
+    assert predict.main(["--model", str(model_path), "--json", str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: {tmp_path / 'a.wav'}: out of memory"
+    doc = json.loads(captured.out)
+    assert doc["files"][0]["error"] == f"{tmp_path / 'a.wav'}: out of memory" and "label" in doc["files"][1]
 
 
 def test_clip_logits_int16_and_batches(loaded):
@@ -192,3 +256,14 @@ def test_an_onnx_model_with_external_data_is_refused(tmp_path, capsys):
         deploy.load_model_any(tmp_path / "ext.onnx")
     assert predict.main(["--model", str(tmp_path / "ext.onnx"), str(tmp_path / "a.wav")]) == 2
     assert "external data" in capsys.readouterr().err
+
+
+def test_non_finite_samples_are_counted_over_every_block(tmp_path, loaded, monkeypatch):
+    model, frontend, meta = loaded
+    wave = tone(2.5, RATE)[:, 0]
+    wave[[RATE + 5, RATE + 6, 2 * RATE + 1]] = np.nan, np.inf, np.nan
+    sf.write(tmp_path / "nan.wav", wave, RATE, subtype="FLOAT")
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1)
+    with pytest.raises(audio.NonFiniteAudio, match=r"nan.wav: 3 non-finite samples \(NaN or inf\), the first at "
+                                                   r"1.0003 s$"):
+        predict.file_logits(tmp_path / "nan.wav", model, frontend, meta)

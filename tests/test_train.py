@@ -27,7 +27,7 @@ from mobileast.data.crops import ClipSource, RecordingCrops
 from mobileast.features import LogMel
 from mobileast.training.checkpoint import Outputs, file_identity
 from mobileast.training.distributed import runtime
-from mobileast.training.engine import NonFiniteLoss, classification_validator, fit
+from mobileast.training.engine import NonFiniteLoss, check_finite_state, classification_validator, fit
 from mobileast.training.schedule import Schedule, decay_end
 from mobileast.training.settings import TrainSettings
 from test_crops import make_clip_store, make_recordings_store
@@ -305,6 +305,18 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(stores
     assert not (tmp_path / "model.pt").exists()
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1 of \d+: .*nothing of this run was checkpointed"):
         train(stores, tmp_path / "first", train_settings(), nan_at=(0, 0))
+
+
+def test_weights_or_statistics_that_overflow_under_a_finite_loss_stop_the_run():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    check_finite_state(model, 0)
+    model[1].running_var[1] = float("inf")
+    with pytest.raises(NonFiniteLoss, match=r"^epoch 3: 1.running_var of the model are not finite after the epoch "
+                                            r"\(the run diverged: .*\); the checkpoint of epoch 2 is kept in r.pt$"):
+        check_finite_state(model, 2, Path("r.pt"))
+    model[0].weight.data[0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match=r"^epoch 1: 0.weight, 1.running_var of .*nothing of this run"):
+        check_finite_state(model, 0, Path("r.pt"))
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(stores, tmp_path):

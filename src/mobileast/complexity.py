@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -375,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.out_json) != bool(args.out_md):
         parser.error("--out-json and --out-md go together")
 
-    model = build_preset(args.preset) if args.preset else load_checkpoint_model(args.checkpoint)[0]
-    stored = load_deployed(args.quantized)[0] if args.quantized else None
+    try:
+        model = build_preset(args.preset) if args.preset else load_checkpoint_model(args.checkpoint)[0]
+        stored = load_deployed(args.quantized)[0] if args.quantized else None
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     report = complexity_report(model, stored=stored)
     title = f"Complexity of {args.preset or Path(args.checkpoint).name}"
     if args.out_json:

@@ -28,6 +28,8 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,8 +307,12 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
     path = _existing(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, not a torch file at all
-        raise ValueError(f"{path}: not a loadable model or checkpoint ({_first_line(e)})") from e
+    except Exception as e:  # truncated zip, bad pickle, not a torch file at all, or refused by weights_only
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if named:
+            raise InputError(f"{path}: refused: its pickle would call or build {named.group(1)}, which a checkpoint "
+                             "never holds (only tensors and plain data are loaded, so no code in a model file runs)") from e
+        raise InputError(f"{path}: not a loadable model or checkpoint ({_first_line(e)})") from e
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a training checkpoint (lacks {missing})")

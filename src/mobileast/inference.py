@@ -71,8 +71,9 @@ def predict(model: nn.Module, frontend: nn.Module, batches: Iterable[Batch],
     return torch.cat(logits) if logits else torch.zeros(0)
 
 
-def clip_batches(clips: np.ndarray, batch_size: int) -> Iterator[Batch]:
-    """`predict`'s batches of 1 s clips (n, samples), in order, without labels (-1).
+def clip_batches(clips: np.ndarray, batch_size: int, first_row: int = 0) -> Iterator[Batch]:
+    """`predict`'s batches of 1 s clips (n, samples), in order, without labels (-1); the
+    rows are numbered from `first_row` (clips of a stream given a group at a time).
 
     `clips` may be float in [-1, 1] or int16 (divided by 32768, the store convention),
     e.g. a file's clips (mobileast.predict) or a memory-mapped fold reshaped to
@@ -83,7 +84,7 @@ def clip_batches(clips: np.ndarray, batch_size: int) -> Iterator[Batch]:
     scale = 1 / 32768 if clips.dtype == np.int16 else 1.0
     for begin in range(0, len(clips), batch_size):
         wave = torch.from_numpy(np.asarray(clips[begin:begin + batch_size], dtype=np.float32) * scale)
-        rows = torch.arange(begin, begin + len(wave))
+        rows = torch.arange(first_row + begin, first_row + begin + len(wave))
         yield Batch(wave, torch.full_like(rows, -1), rows)
 
 

@@ -1,10 +1,14 @@
 """`python -m mobileast predict --model MODEL file.wav ...`: acoustic scene of audio files.
 
-Each file is read with soundfile (any sample rate and format libsndfile reads; stereo
-and multichannel are downmixed by averaging channels: mobileast.data.audio.read_audio),
-resampled to the model's rate with soxr (HQ), cut into the 1 s clips the model was
-trained on, and classified clip by clip (mobileast.inference, on the CPU). The file's prediction is the mean of its clips' class probabilities (a confident
-wrong clip then weighs no more than one clip, unlike a mean of logits).
+Each file is streamed: read with soundfile in blocks (any sample rate from 1 kHz to
+768 kHz and any format libsndfile reads; stereo and multichannel are downmixed by
+averaging channels: mobileast.data.audio.AudioReader), resampled block by block to the
+model's rate with soxr's streaming resampler (HQ; the same samples as resampling the
+whole file), cut into the 1 s clips the model was trained on as they come, and
+classified in batches of clips (mobileast.inference, on the CPU), so memory stays
+bounded whatever the file's length. The file's prediction is the mean of its clips'
+class probabilities (a confident wrong clip then weighs no more than one clip, unlike a
+mean of logits).
 
 Clips: consecutive 1 s clips from the start; a remaining tail of at least 0.5 s adds one
 more clip, the last 1 s of the file (overlapping the previous clip rather than padding
@@ -12,8 +16,10 @@ with silence the model never heard in real recordings); a shorter tail is droppe
 file shorter than 1 s is zero-padded to 1 s, the way missing slices are zero-filled in
 the training recordings.
 
-A missing, empty, corrupt or unreadable file gets an error line on stderr naming the
-file and the problem; the other files are still predicted. Exit status: 0 if every
+A missing, empty, corrupt or unreadable file, one with an absurd sample rate or
+non-finite samples, or one the host runs out of memory on, gets an error line on stderr
+naming the file and the problem; the other files are still predicted (and `--json`
+still printed, with the file's error). Exit status: 0 if every
 file was predicted, 1 if any file failed, 2 if the model cannot be loaded.
 """
 from __future__ import annotations
@@ -22,29 +28,64 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from mobileast.data.audio import read_audio, resample
+from mobileast.data.audio import AudioReader, resample_blocks
+from mobileast.data.crops import Batch
 from mobileast.deploy import ModelMeta, frontend_for, load_model_any
 from mobileast.inference import clip_batches, predict
 
 MIN_TAIL_SECONDS = 0.5
 
 
-def split_clips(wave: np.ndarray, clip_samples: int,
-                min_tail: int) -> tuple[np.ndarray, np.ndarray]:
-    """(clips (n, clip_samples), start sample of each clip) per the module docstring's rule."""
-    n_full = len(wave) // clip_samples
-    if n_full == 0:
-        return np.pad(wave, (0, clip_samples - len(wave)))[None], np.zeros(1, dtype=np.int64)
-    starts = np.arange(n_full, dtype=np.int64) * clip_samples
-    if len(wave) - n_full * clip_samples >= min_tail:
-        starts = np.append(starts, len(wave) - clip_samples)
-    return np.stack([wave[s:s + clip_samples] for s in starts]), starts
+class ClipCutter:
+    """Cuts a waveform given in blocks into the module docstring's clips as the blocks come:
+    consecutive `clip_samples` clips, then the last `clip_samples` if at least `min_tail`
+    samples remain, or the whole waveform zero-padded if it is shorter than one clip.
+    After `clips` is exhausted, `starts` holds each clip's start sample and `samples` the
+    waveform's length."""
+
+    def __init__(self, clip_samples: int, min_tail: int):
+        self.clip_samples, self.min_tail = clip_samples, min_tail
+        self.starts: list[int] = []
+        self.samples = 0
+
+    def clips(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        size = self.clip_samples
+        pending = np.zeros(0, dtype=np.float32)  # the samples after the last whole clip
+        last = None  # the last whole clip, for the tail clip
+        for block in blocks:
+            self.samples += len(block)
+            pending = np.concatenate([pending, block])
+            whole = len(pending) // size
+            for i in range(whole):
+                last = pending[i * size:(i + 1) * size]
+                self.starts.append(self.samples - len(pending) + i * size)
+                yield last
+            pending = pending[whole * size:].copy()
+        if last is None:
+            self.starts.append(0)
+            yield np.pad(pending, (0, size - len(pending)))
+        elif len(pending) >= self.min_tail:
+            self.starts.append(self.samples - size)
+            yield np.concatenate([last[len(pending):], pending])
+
+
+def clip_groups(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[Batch]:
+    """`clips` in `predict`'s batches of `batch_size` (the last one shorter), in order."""
+    group: list[np.ndarray] = []
+    row = 0
+    for clip in clips:
+        group.append(clip)
+        if len(group) == batch_size:
+            yield from clip_batches(np.stack(group), batch_size, first_row=row)
+            row, group = row + batch_size, []
+    if group:
+        yield from clip_batches(np.stack(group), batch_size, first_row=row)
 
 
 class FileLogits(NamedTuple):
@@ -59,14 +100,17 @@ class FileLogits(NamedTuple):
 
 def file_logits(path: str | Path, model: nn.Module, frontend: nn.Module, meta: ModelMeta,
                 batch_size: int = 64) -> FileLogits:
-    """The logits of an audio file's 1 s clips (module docstring), computed on the CPU in
-    batches by mobileast.inference; `frontend` is deploy.frontend_for(meta) of the model."""
-    wave, file_rate, channels = read_audio(path)
+    """The logits of an audio file's 1 s clips (module docstring), streamed from the file
+    and computed on the CPU in batches of `batch_size` by mobileast.inference; `frontend` is
+    deploy.frontend_for(meta) of the model."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of clips, got {batch_size}")
+    audio = AudioReader(path)
     rate = meta.sample_rate
-    wave = resample(wave, file_rate, rate)
-    clips, starts = split_clips(wave, rate, int(MIN_TAIL_SECONDS * rate))
-    logits = predict(model, frontend, clip_batches(clips, batch_size), torch.device("cpu"))
-    return FileLogits(logits, starts, len(wave), file_rate, channels)
+    cutter = ClipCutter(rate, int(MIN_TAIL_SECONDS * rate))
+    clips = cutter.clips(resample_blocks(audio.blocks(), audio.rate, rate))
+    logits = predict(model, frontend, clip_groups(clips, batch_size), torch.device("cpu"))
+    return FileLogits(logits, np.array(cutter.starts, dtype=np.int64), cutter.samples, audio.rate, audio.channels)
 
 
 def predict_file(path: str | Path, model: nn.Module, frontend: nn.Module, meta: ModelMeta,
@@ -81,6 +125,17 @@ def predict_file(path: str | Path, model: nn.Module, frontend: nn.Module, meta: 
     out["seconds"] = [{"start_s": round(s / rate, 3), "end_s": round(min(s + rate, n) / rate, 3),
                        **_labelled(p, classes)} for s, p in zip(result.starts, probs)]
     return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def format_result(result: dict[str, Any], per_second: bool) -> str:
@@ -112,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", help="audio files (WAV, FLAC, ...)")
     parser.add_argument("--per-second", action="store_true", help="also print the prediction of every 1 s clip")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--batch-size", type=int, default=64, help="clips per model call (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="clips per model call (default 64)")
     args = parser.parse_args(argv)
     try:
         model, meta = load_model_any(args.model)
@@ -124,9 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.files:
         try:
             result = predict_file(path, model, frontend, meta, args.batch_size)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            results.append({"file": path, "error": str(e)})
+        except (FileNotFoundError, ValueError, MemoryError) as e:
+            message = f"{path}: out of memory" if isinstance(e, MemoryError) else str(e)
+            print(f"error: {message}", file=sys.stderr)
+            results.append({"file": path, "error": message})
             continue
         if not args.per_second:
             del result["seconds"]

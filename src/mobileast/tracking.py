@@ -152,6 +152,9 @@ def _mlflow() -> Any:
 
     for logger in ("mlflow", "alembic"):
         logging.getLogger(logger).setLevel(logging.WARNING)
+    # logs every store error with its traceback before raising it: a locked store would fill a
+    # stage's output with tracebacks of errors that retry_locked retries and this module reports
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return mlflow
 
 

@@ -56,9 +56,13 @@ EpochCallback = Callable[[Mapping[str, float], int], Any]
 CheckpointCallback = Callable[[Path], Any]  # on_checkpoint(path): a checkpoint file was written
 
 
+DIVERGED = "the run diverged: lower the learning rate or check the loss weights and the data"
+
+
 class NonFiniteLoss(InputError):
-    """The training loss became NaN or infinite: the run diverged (the learning rate, the
-    loss weights or the data need a look); the message names the epoch and the step."""
+    """The training loss, or the model's weights or buffers, became NaN or infinite: the run
+    diverged (the learning rate, the loss weights or the data need a look); the message
+    names the epoch (and the step of a loss)."""
 
 
 def classification_validator(source: ClipSource, frontend: nn.Module, batch_size: int,
@@ -101,8 +105,10 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
     Callbacks, on rank 0 only: on_epoch after each epoch's checkpoint and history are
     written (see EpochCallback); on_checkpoint after each resume checkpoint and the final
     model are written.
-    A non-finite training loss raises NonFiniteLoss at the end of its epoch, before that
-    epoch is checkpointed, so the resume checkpoint stays the last good epoch's.
+    A non-finite training loss, or weights or buffers (BatchNorm statistics) that are not
+    finite after an epoch (a loss can stay finite while they overflow), raise
+    NonFiniteLoss at the end of its epoch, before that epoch is checkpointed, so the
+    resume checkpoint stays the last good epoch's.
     """
     steps = data.steps_per_epoch(settings.batch_size)
     if steps == 0:
@@ -122,6 +128,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: EpochSource, settings: TrainSet
         row = {"epoch": epoch + 1, "lr": settings.schedule.lr(settings.lr, epoch),
                **_train_epoch(net, optimizer, scaler, step_fn, data, settings, epoch, steps, rt, outputs.resume)}
         sync_buffers(model, rt)
+        check_finite_state(model, epoch, outputs.resume)
         if validate_fn is not None and settings.validates(epoch):  # every rank validates its share
             row |= {f"val_{k}": float(v) for k, v in _validate(model, validate_fn).items()}
         if rt.is_main:
@@ -175,11 +182,26 @@ def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     if rt.world_size > 1:
         dist.all_reduce(first_bad, dist.ReduceOp.MIN)
     if (bad := int(first_bad)) < steps:
-        kept = f"the checkpoint of epoch {epoch} is kept in {resume}" if resume is not None and epoch > 0 else \
-            "nothing of this run was checkpointed"
-        raise NonFiniteLoss(f"epoch {epoch + 1}, step {bad + 1} of {steps}: the training loss is not finite (the run "
-                            f"diverged: lower the learning rate or check the loss weights and the data); {kept}")
+        raise NonFiniteLoss(f"epoch {epoch + 1}, step {bad + 1} of {steps}: the training loss is not finite "
+                            f"({DIVERGED}); {_kept(epoch, resume)}")
     return {f"train_{k}": v for k, v in means.items()}
+
+
+def check_finite_state(model: nn.Module, epoch: int, resume: Path | None = None) -> None:
+    """Raise NonFiniteLoss naming the tensors of the model's state (weights and buffers) that
+    hold NaN or infinite values after epoch `epoch` (0-based); `resume` as in _train_epoch."""
+    state = {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
+    if not state or bool(torch.stack([torch.isfinite(t).all() for t in state.values()]).all()):
+        return
+    bad = [name for name, t in state.items() if not torch.isfinite(t).all()]
+    raise NonFiniteLoss(f"epoch {epoch + 1}: {', '.join(bad)} of the model are not finite after the epoch "
+                        f"({DIVERGED}); {_kept(epoch, resume)}")
+
+
+def _kept(epoch: int, resume: Path | None) -> str:
+    """What a run stopped in `epoch` (0-based) keeps."""
+    return f"the checkpoint of epoch {epoch} is kept in {resume}" if resume is not None and epoch > 0 else \
+        "nothing of this run was checkpointed"
 
 
 def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, batch: Batch,
