@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mobileast.data.audio import read_audio, resample
+from mobileast.data.audio import AudioReader, resample
 from mobileast.errors import ParamsError
 from mobileast.labels import DEVICES
 from mobileast.schema import augmentations
@@ -202,10 +202,11 @@ def load_impulse_responses(folder: str | Path, sample_rate: int) -> Tensor:
     irs = []
     for path in files:
         try:
-            wave, rate, _ = read_audio(path)
+            reader = AudioReader(path)
+            wave = np.concatenate(list(reader.blocks()))
         except (OSError, ValueError) as error:
             raise ParamsError(f"dir.ir_dir: {error}") from None
-        wave = resample(wave, rate, sample_rate)
+        wave = resample(wave, reader.rate, sample_rate)
         if not np.any(wave):
             raise ParamsError(f"dir.ir_dir: {path} is silent (all samples 0): not an impulse response")
         irs.append(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
