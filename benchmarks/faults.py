@@ -163,8 +163,9 @@ def tiny_dataset(root: Path, train: int = 4, evaluate: int = 2) -> dict[str, lis
 
 
 def data_params(dataset: Path, **values) -> dict:
-    return {"data": {"source": "tau22", "root": str(dataset), "on_bad_file": "error", "sample_rate": 16000,
-                     "workers": 1, **values}}
+    """The repository's `data:` section pointed at `dataset` (TAU22 layout) at 16 kHz."""
+    return {"data": {**repo_params()["data"], "source": "tau22", "root": str(dataset), "on_bad_file": "error",
+                     "sample_rate": 16000, "workers": 1, **values}}
 
 
 def poison(path: Path) -> None:
