@@ -697,6 +697,74 @@ def kill_during_model_write(scratch: Scratch) -> Row:
                          reached, landed)
 
 
+def stage_process(root: Path, stage: str) -> psutil.Process | None:
+    """The python process of `stage` (`-m stages.<stage>`) running in `root`, if any."""
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if f"stages.{stage}" in (process.info["cmdline"] or []) and process.info["cwd"] == str(root):
+            return process
+    return None
+
+
+def kill_stage(pipeline: "Pipeline", stage: str, after_s: float = 0.3) -> tuple[bool, int]:
+    """`dvc repro <stage>` with the stage's process SIGKILLed (as the OOM killer does) once it has
+    run `after_s` seconds; -> (killed while running, dvc's exit status)."""
+    with pipeline.log.open("w") as log:
+        dvc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", stage], cwd=pipeline.root,
+                               env=pipeline.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    killed, deadline = False, time.monotonic() + 900
+    while dvc.poll() is None and not killed and time.monotonic() < deadline:
+        process = stage_process(pipeline.root, stage)
+        if process is not None and time.time() - process.create_time() >= after_s:
+            try:
+                process.kill()
+                killed = True
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.02)
+    return killed, dvc.wait(timeout=900)
+
+
+OUTPUTS = ("reports/metrics.json", "reports/export.json", "reports/complexity.json", "models/student_int8.onnx",
+           "models/teacher.pt", "models/student.pt")
+
+
+@fault("kill-9-each-stage", fast=False)
+def kill_each_stage(scratch: Scratch) -> Row:
+    """kill -9 of each stage's process while it runs under `dvc repro <stage>`, then `dvc repro
+    <stage>` again; at the end the outputs must be those of an uninterrupted `dvc repro --force`."""
+    pipeline = Pipeline(scratch)
+    root = pipeline.root
+    stages = list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    row = Row(f"kill -9 of the stage's process while each of the {len(stages)} stages runs under `dvc repro "
+              "<stage>`, then `dvc repro <stage>` again; then `dvc repro --force` from scratch to compare")
+    hit, recover = [], 0.0
+    for stage in stages:
+        killed, status = kill_stage(pipeline, stage)
+        if killed:
+            hit.append(stage)
+            row.expect(status != 0, f"{stage}: dvc repro reported success for a killed stage")
+        rerun = pipeline.repro(stage)
+        recover += rerun.seconds
+        if not row.expect(rerun.returncode == 0, f"{stage}: the rerun failed: "
+                                                 f"{(rerun.stderr or rerun.stdout).strip()[-300:]}"):
+            return row
+    leftovers = [str(p.relative_to(root)) for p in root.rglob(".*.tmp") if ".dvc" not in p.parts]
+    row.expect(not leftovers, f"scratch folders left behind: {', '.join(leftovers)}")
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "-q", "--with-deps", "evaluate"],
+                            cwd=root, env=pipeline.env)  # every stage but track, which always runs
+    row.expect(status.returncode == 0, "dvc status: the pipeline is not up to date")
+    after_kills = {name: (root / name).read_bytes() for name in OUTPUTS}
+    shutil.rmtree(root / ".dvc" / "cache" / "runs", ignore_errors=True)  # DVC would restore, not run
+    reference = pipeline.repro("--force")
+    row.expect(reference.returncode == 0, "the uninterrupted run failed")
+    differ = [name for name in OUTPUTS if (root / name).read_bytes() != after_kills[name]]
+    row.expect(not differ, f"outputs differ from an uninterrupted run's: {', '.join(differ)}")
+    row.saw = f"(killed) {len(hit)} of {len(stages)} stages while running ({', '.join(hit)}; the others ended " \
+              "first); every rerun ended with exit status 0, the outputs those of an uninterrupted run"
+    row.recover_s = recover
+    return row
+
+
 SUMMARY_RUNS = ("SELECT runs.status, runs.lifecycle_stage FROM runs JOIN tags USING (run_uuid) "
                 "WHERE tags.key = 'summary' AND tags.value = 'true'")
 
