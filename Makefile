@@ -21,8 +21,10 @@ venv: $(STAMP)
 repro: venv
 	dvc repro
 
+# One pytest worker per CPU (pytest-xdist), each test file on one worker: a file's module
+# fixtures (a trained tiny pipeline) are built once. tests/conftest.py starts the longest file first.
 test: venv
-	python -m pytest
+	python -m pytest -n logical --dist loadfile --no-loadscope-reorder
 
 # MLflow UI on the project's store, loopback only, one worker (a light server). A store URI in
 # MLFLOW_TRACKING_URI (sqlite:, postgresql:, a path) is served instead; an http(s) URI is a

@@ -804,12 +804,18 @@ PIECE = 1 << 14  # bytes a slow answer sends at a time
 
 
 class ArchiveServer:
-    """Files on 127.0.0.1 with HTTP range requests; a request for a `slow` file sends its
-    answer in small pieces, so that a client can be killed halfway. `ranges` logs (name, Range)."""
+    """Files on 127.0.0.1 with HTTP range requests, as Zenodo and GitHub serve them
+    (`publish` adds one). `ranges` logs each request's (name, Range header). A `slow` file
+    is sent in small pieces, so that a client can be killed halfway; a `failing` name is
+    answered 503; a `stalled` name sends the first 2 of 1000 promised bytes, then nothing
+    until `release` is set."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.slow: set[str] = set()
+        self.failing: set[str] = set()
+        self.stalled: set[str] = set()
+        self.release = threading.Event()
         self.ranges: list[tuple[str, str | None]] = []
         server = self
 
@@ -817,8 +823,16 @@ class ArchiveServer:
             def do_GET(self) -> None:
                 name = self.path.lstrip("/")
                 server.ranges.append((name, self.headers.get("Range")))
-                if name not in server.files:
-                    self.send_error(404)
+                if name in server.stalled:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"PK")
+                    self.wfile.flush()
+                    server.release.wait(10)
+                    return
+                if name in server.failing or name not in server.files:
+                    self.send_error(503 if name in server.failing else 404)
                     return
                 data = server.files[name]
                 start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
@@ -848,7 +862,13 @@ class ArchiveServer:
         threading.Thread(target=self.http.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}/{{name}}"
 
+    def publish(self, name: str, data: bytes) -> str:
+        """Serve `data` as `name`; returns its md5, as a checksum list holds it."""
+        self.files[name] = data
+        return hashlib.md5(data).hexdigest()
+
     def close(self) -> None:
+        self.release.set()
         self.http.shutdown()
         self.http.server_close()
 
@@ -870,8 +890,7 @@ DOWNLOAD = ("import runpy, sys, json\n"
 
 
 def download_args(server: ArchiveServer, archives: dict[str, bytes], dest: Path) -> list[str]:
-    md5 = {name: hashlib.md5(data).hexdigest() for name, data in archives.items()}
-    server.files.update(archives)
+    md5 = {name: server.publish(name, data) for name, data in archives.items()}
     return ["-c", DOWNLOAD, server.url, json.dumps(md5), str(dest)]
 
 

@@ -67,3 +67,19 @@ def write_dataset(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return write
+
+
+# The files `make test` starts first, in this order (the others follow in collection order):
+# the end-to-end chain, whose steps wait for each other, then the longest of the rest, so
+# that no long file is left to start last.
+FIRST = ("test_pipeline_e2e.py", "test_faults.py", "test_tracking.py", "test_device_models.py", "test_train.py",
+         "test_export.py", "test_submit.py", "test_precision.py", "test_plots.py", "test_data_stages.py",
+         "test_launch.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the files of FIRST first. `make test` runs a worker per CPU, each file on one
+    worker, handed out in collection order (pytest-xdist, --dist loadfile): one worker takes
+    the end-to-end file while the others share the rest, longest first, so the run takes
+    about as long as that file."""
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))

@@ -3,89 +3,25 @@ through a scratch folder with a done marker; range resume, a stalled connection,
 network, disk, checksum and archive errors as one-line messages."""
 from __future__ import annotations
 
-import hashlib
-import io
-import threading
 import time
-import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from benchmarks.faults import ArchiveServer, zip_of
 from mobileast.data import download
 from mobileast.files import file_md5
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-class Zenodo:
-    """Files served on 127.0.0.1 with HTTP range support; `stall.zip` sends a few bytes, then nothing."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.failing: set[str] = set()
-        self.release = threading.Event()
-        zenodo = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                name = self.path.lstrip("/")
-                zenodo.requests.append((name, self.headers.get("Range")))
-                if name == "stall.zip":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "1000")
-                    self.end_headers()
-                    self.wfile.write(b"PK")
-                    self.wfile.flush()
-                    zenodo.release.wait(10)
-                    return
-                if name in zenodo.failing or name not in zenodo.files:
-                    self.send_error(503 if name in zenodo.failing else 404)
-                    return
-                data = zenodo.files[name]
-                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
-                if start >= len(data):
-                    self.send_error(416)
-                    return
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                self.wfile.write(data[start:])
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{{name}}"
-
-    def publish(self, name: str, data: bytes) -> str:
-        self.files[name] = data
-        return hashlib.md5(data).hexdigest()
 
 
 @pytest.fixture
 def zenodo(monkeypatch):
     """The two archives of a tiny TAU22 layout, listed in ARCHIVES with their md5 sums."""
-    server = Zenodo()
-    archives = {"x.meta.zip": server.publish("x.meta.zip", zip_bytes({"TAU/meta.csv": b"filename\n"})),
-                "x.audio.1.zip": server.publish("x.audio.1.zip", zip_bytes({"TAU/audio/a.wav": bytes(range(256)) * 64}))}
+    server = ArchiveServer()
+    archives = {"x.meta.zip": server.publish("x.meta.zip", zip_of({"TAU/meta.csv": b"filename\n"})),
+                "x.audio.1.zip": server.publish("x.audio.1.zip", zip_of({"TAU/audio/a.wav": bytes(range(256)) * 64}))}
     monkeypatch.setattr(download, "ARCHIVES", archives)
     monkeypatch.setattr(download, "URL", server.url)
     yield server
-    server.release.set()
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 def test_download_verifies_unpacks_and_finds_the_root(zenodo, tmp_path):
@@ -94,7 +30,7 @@ def test_download_verifies_unpacks_and_finds_the_root(zenodo, tmp_path):
     assert root == dest / "TAU" and (root / "audio" / "a.wav").read_bytes() == bytes(range(256)) * 64
     assert (root / "meta.csv").read_text() == "filename\n" and not list(dest.glob("*.zip"))
     assert sorted(p.name for p in (dest / download.SCRATCH).iterdir()) == ["x.audio.1.zip.done", "x.meta.zip.done"]
-    assert download.download(dest, zenodo.url, keep_archives=True) == root and len(zenodo.requests) == 2  # all done
+    assert download.download(dest, zenodo.url, keep_archives=True) == root and len(zenodo.ranges) == 2  # all done
 
 
 def test_keep_archives_keeps_the_verified_zips(zenodo, tmp_path):
@@ -113,9 +49,9 @@ def test_an_interrupted_download_resumes_the_partial_archive_and_skips_finished_
     zenodo.failing.clear()
     audio = zenodo.files["x.audio.1.zip"]
     (dest / download.SCRATCH / "x.audio.1.zip.part").write_bytes(audio[:5000])  # a transfer broken at 5000 bytes
-    zenodo.requests.clear()
+    zenodo.ranges.clear()
     assert download.main([str(dest)]) == 0
-    assert zenodo.requests == [("x.audio.1.zip", "bytes=5000-")]  # the meta archive is not fetched again
+    assert zenodo.ranges == [("x.audio.1.zip", "bytes=5000-")]  # the meta archive is not fetched again
     assert (dest / "TAU" / "audio" / "a.wav").read_bytes() == bytes(range(256)) * 64
 
 
@@ -124,12 +60,13 @@ def test_a_complete_part_file_is_verified_without_fetching_it_again(zenodo, tmp_
     (dest / download.SCRATCH).mkdir(parents=True)
     (dest / download.SCRATCH / "x.meta.zip.part").write_bytes(zenodo.files["x.meta.zip"])
     download.download(dest, zenodo.url)
-    assert ("x.meta.zip", f"bytes={len(zenodo.files['x.meta.zip'])}-") in zenodo.requests  # answered 416
+    assert ("x.meta.zip", f"bytes={len(zenodo.files['x.meta.zip'])}-") in zenodo.ranges  # answered 416
     assert (dest / "TAU" / "meta.csv").is_file()
 
 
 def test_a_stalled_connection_times_out_with_one_line_and_keeps_the_part(zenodo, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download, "ARCHIVES", {"stall.zip": "0" * 32})
+    zenodo.stalled.add("stall.zip")
     start = time.monotonic()
     assert download.main([str(tmp_path / "data"), "--timeout", "0.3"]) == 1
     assert time.monotonic() - start < 3
@@ -161,7 +98,7 @@ def test_a_disk_error_is_one_line(zenodo, tmp_path, capsys):
 
 def test_a_zip_slip_member_is_refused_and_nothing_leaves_the_destination(zenodo, tmp_path, monkeypatch, capsys):
     """`../evil` would land beside the destination: the whole archive is refused before any member is written."""
-    evil = zip_bytes({"TAU/meta.csv": b"filename\n", "../evil": b"owned"})
+    evil = zip_of({"TAU/meta.csv": b"filename\n", "../evil": b"owned"})
     monkeypatch.setattr(download, "ARCHIVES", {"evil.zip": zenodo.publish("evil.zip", evil)})
     dest = tmp_path / "data"
     assert download.main([str(dest)]) == 1
@@ -188,14 +125,13 @@ def test_micirp_files_are_named_and_pinned():
 @pytest.fixture
 def micirp(monkeypatch):
     """Two impulse responses served locally, one with a name that must be URL-quoted."""
-    server = Zenodo()
+    server = ArchiveServer()
     files = {"B&O_BM2.wav": server.publish("B%26O_BM2.wav", b"RIFF" + bytes(range(200))),
              "Altec_639.wav": server.publish("Altec_639.wav", b"RIFF" + bytes(range(100, 250)))}
     monkeypatch.setattr(download, "MICIRP_FILES", files)
     monkeypatch.setattr(download, "MICIRP_URL", server.url)
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 def test_micirp_download_verifies_each_file_and_leaves_only_them(micirp, tmp_path, capsys):
@@ -203,8 +139,8 @@ def test_micirp_download_verifies_each_file_and_leaves_only_them(micirp, tmp_pat
     assert download.main(["--micirp", str(dest)]) == 0
     assert {p.name: file_md5(p) for p in dest.iterdir()} == download.MICIRP_FILES  # no scratch folder left
     assert f"augment.dir.ir_dir: {dest}" in capsys.readouterr().out
-    micirp.requests.clear()
-    assert download.main(["--micirp", str(dest)]) == 0 and micirp.requests == []  # verified files are kept
+    micirp.ranges.clear()
+    assert download.main(["--micirp", str(dest)]) == 0 and micirp.ranges == []  # verified files are kept
 
 
 def test_micirp_resumes_a_broken_file_and_refetches_a_corrupt_one(micirp, tmp_path):
@@ -213,7 +149,7 @@ def test_micirp_resumes_a_broken_file_and_refetches_a_corrupt_one(micirp, tmp_pa
     (dest / download.SCRATCH / "Altec_639.wav.part").write_bytes(micirp.files["Altec_639.wav"][:50])
     (dest / "B&O_BM2.wav").write_bytes(b"corrupt")
     download.download_files(dest, download.MICIRP_FILES, micirp.url)
-    assert micirp.requests == [("B%26O_BM2.wav", None), ("Altec_639.wav", "bytes=50-")]
+    assert micirp.ranges == [("B%26O_BM2.wav", None), ("Altec_639.wav", "bytes=50-")]
     assert {p.name: file_md5(p) for p in dest.iterdir()} == download.MICIRP_FILES
 
 

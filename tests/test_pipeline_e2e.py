@@ -46,7 +46,7 @@ TINY = {  # dotted key -> value, over the tau22-sub1 profile: one epoch, tiny mo
                        "depth": 1},
     "train.epochs": 1, "train.batch_size": 8,
     "quant.calib_batches": 2, "quant.batch_size": 8,
-    "evaluate.batch_size": 64,
+    "evaluate.batch_size": 64, "device_models.epochs": 1,
 }
 ALL_STAGES = {"demo_data", "resample", "reassemble", "teacher_train", "teacher_logits", "student_train",
               "quantize", "export", "complexity", "device_models", "evaluate", "track"}

@@ -8,6 +8,7 @@ files (mobileast.training.checkpoint), so both agree on what "the stage's code" 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -36,16 +37,24 @@ def module_file(name: str, root: Path) -> Path | None:
     return None
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path) -> frozenset[str]:
     """Every module a file imports, at top level or inside functions (lazy imports too)."""
+    return _modules_imported_by(path.read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def _modules_imported_by(source: str) -> frozenset[str]:
+    """imported_modules of a source text, parsed once per text: `dvc-deps` follows the
+    closure of every stage, which reaches the same files a few hundred times, and the
+    parse is the cost (the key is the text itself, so an edited file is parsed anew)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 def code_closure(module: str, root: Path, untracked: Sequence[str] = ()) -> set[str]:

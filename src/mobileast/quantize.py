@@ -112,6 +112,19 @@ def quiet() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def untraced_stacks() -> Iterator[None]:
+    """FX tracing without a Python stack trace recorded per node (torch.fx.config's
+    do_not_emit_stack_traces, for the calls inside): that debugging metadata is most of the
+    tracer's time, and neither the int8 model nor its TorchScript file keeps it."""
+    config = torch.fx.config
+    before, config.do_not_emit_stack_traces = config.do_not_emit_stack_traces, True
+    try:
+        yield
+    finally:
+        config.do_not_emit_stack_traces = before
+
+
 def select_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Qualified names of the submodules that `patterns` select (see the module
     docstring), outermost only, in model order. A pattern matching nothing is an error."""
@@ -164,7 +177,7 @@ def quantize_model(model: nn.Module, calib_inputs: Iterable[torch.Tensor], float
         raise ValueError("quantize_model: no calibration batches")
     engine = torch.backends.quantized.engine = quant_engine()
     mapping = qconfig_mapping(engine, select_modules(model, float_modules), dynamic_module_names(model, dynamic_modules))
-    with quiet():
+    with quiet(), untraced_stacks():
         prepared = prepare_fx(model, mapping, example_inputs=(first,))
         with torch.no_grad():
             for x in (first, *batches):
