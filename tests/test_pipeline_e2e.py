@@ -246,20 +246,6 @@ def test_repro_runs_every_stage_and_a_second_repro_only_track(project, baseline)
     assert params["student"]["preset"] == "sub1" and params["dkd"]["beta"] == 10 and params["train"]["epochs"] == 1
 
 
-def test_repro_logs_the_summary_a_store_lacks_without_rerunning_anything(fresh_store):
-    """The bug this test was written for: outputs up to date, so no stage but track runs."""
-    assert ran(fresh_store.output) == {"track"} and "logged" in fresh_store.output
-    [summary] = fresh_store.summaries
-    assert (summary.experiment, summary.alpha) == ("workspace", "1")
-    assert_complete(summary)
-
-
-def test_experiment_reruns_student_train_and_later_only(experiment):
-    assert ran(experiment.output) == {"student_train", "quantize", "export", "complexity", "device_models",
-                                      "evaluate", "track"}
-    assert not restored(experiment.output)
-
-
 def test_dvc_exp_show_lists_baseline_and_experiment(project, experiment):
     rows = json.loads(project.dvc("exp", "show", "--json"))
     [baseline] = [row for row in rows if row["rev"] != "workspace"]
@@ -287,11 +273,6 @@ def test_mlflow_has_one_summary_run_per_experiment_with_models_and_nested_stages
         assert run.data.tags["mlflow.parentRunId"] == parents[run.data.tags["dvc_experiment"]]
 
 
-def test_dvc_plots_show_renders(project, experiment):
-    output = project.dvc("plots", "show")
-    assert "could not find" not in output and (project.root / "dvc_plots/index.html").is_file()
-
-
 def test_run_cache_restores_a_params_set_already_trained(project, baseline, back_to_alpha1):
     """Back to dkd.alpha 1: nothing trains, the float student is the baseline's, byte for byte."""
     assert restored(back_to_alpha1.output) == {"student_train", "quantize", "export", "complexity", "device_models",
@@ -315,3 +296,27 @@ def test_device_models_experiment_runs_the_stage_and_evaluate_and_reports_routed
     assert report["general"]["accuracy"] == json.loads(metrics_before)["student_int8_onnx"]["accuracy"]
     [summary] = [s for s in step.summaries if s.experiment == "devices"]
     assert {"device_models.routed.accuracy", "device_models.general.accuracy"} <= summary.metrics
+
+
+# The tests that only read what an earlier step printed come last: `make test` hands this
+# worker another test file once two of its tests are left, and these take a second, so
+# that file does not wait behind the long steps.
+
+
+def test_repro_logs_the_summary_a_store_lacks_without_rerunning_anything(fresh_store):
+    """The bug this test was written for: outputs up to date, so no stage but track runs."""
+    assert ran(fresh_store.output) == {"track"} and "logged" in fresh_store.output
+    [summary] = fresh_store.summaries
+    assert (summary.experiment, summary.alpha) == ("workspace", "1")
+    assert_complete(summary)
+
+
+def test_experiment_reruns_student_train_and_later_only(experiment):
+    assert ran(experiment.output) == {"student_train", "quantize", "export", "complexity", "device_models",
+                                      "evaluate", "track"}
+    assert not restored(experiment.output)
+
+
+def test_dvc_plots_show_renders(project, experiment):
+    output = project.dvc("plots", "show")
+    assert "could not find" not in output and (project.root / "dvc_plots/index.html").is_file()
