@@ -21,10 +21,13 @@ venv: $(STAMP)
 repro: venv
 	dvc repro
 
-# One pytest worker per CPU (pytest-xdist), each test file on one worker: a file's module
-# fixtures (a trained tiny pipeline) are built once. tests/conftest.py starts the longest file first.
+# One pytest worker per CPU (pytest-xdist; PYTEST_WORKERS=1 for one), each test file on one
+# worker, so a file's module fixtures (a trained tiny pipeline) are built once. Files are
+# handed out in collection order (--no-loadscope-reorder: not xdist's largest-first), which
+# tests/conftest.py sets: the end-to-end file first, then the longest ones.
+PYTEST_WORKERS ?= logical
 test: venv
-	python -m pytest -n logical --dist loadfile --no-loadscope-reorder
+	python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # MLflow UI on the project's store, loopback only, one worker (a light server). A store URI in
 # MLFLOW_TRACKING_URI (sqlite:, postgresql:, a path) is served instead; an http(s) URI is a

@@ -70,8 +70,8 @@ def write_dataset(tmp_path: Path) -> Callable[..., Path]:
 
 
 # The files `make test` starts first, in this order (the others follow in collection order):
-# the end-to-end chain, whose steps wait for each other, then the longest of the rest, so
-# that no long file is left to start last.
+# the end-to-end chain, whose steps wait for each other, then the longest of the rest (as
+# measured when this list was written), so that no long file is left to start last.
 FIRST = ("test_pipeline_e2e.py", "test_faults.py", "test_tracking.py", "test_device_models.py", "test_train.py",
          "test_export.py", "test_submit.py", "test_precision.py", "test_plots.py", "test_data_stages.py",
          "test_launch.py")

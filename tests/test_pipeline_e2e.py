@@ -298,9 +298,9 @@ def test_device_models_experiment_runs_the_stage_and_evaluate_and_reports_routed
     assert {"device_models.routed.accuracy", "device_models.general.accuracy"} <= summary.metrics
 
 
-# The tests that only read what an earlier step printed come last: `make test` hands this
-# worker another test file once two of its tests are left, and these take a second, so
-# that file does not wait behind the long steps.
+# The tests that read what an earlier step printed, or run one short command, come last:
+# pytest-xdist hands this worker its next test file once two of its tests are left, and
+# these are short, so that file does not wait behind the long steps.
 
 
 def test_repro_logs_the_summary_a_store_lacks_without_rerunning_anything(fresh_store):
@@ -317,6 +317,6 @@ def test_experiment_reruns_student_train_and_later_only(experiment):
     assert not restored(experiment.output)
 
 
-def test_dvc_plots_show_renders(project, experiment):
+def test_dvc_plots_show_renders(project, with_device_models):
     output = project.dvc("plots", "show")
     assert "could not find" not in output and (project.root / "dvc_plots/index.html").is_file()

@@ -45,8 +45,8 @@ def imported_modules(path: Path) -> frozenset[str]:
 @functools.lru_cache(maxsize=None)
 def _modules_imported_by(source: str) -> frozenset[str]:
     """imported_modules of a source text, parsed once per text: `dvc-deps` follows the
-    closure of every stage, which reaches the same files a few hundred times, and the
-    parse is the cost (the key is the text itself, so an edited file is parsed anew)."""
+    closure of every stage, which reaches the same files again and again, and the parse is
+    the cost (the key is the text itself, so an edited file is parsed anew)."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
