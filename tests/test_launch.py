@@ -87,6 +87,18 @@ def test_a_signal_to_the_stage_stops_torchrun_and_the_stage_waits_for_it(tmp_pat
         _cleanup(stage, processes)
 
 
+def test_sigterm_to_the_stage_stops_its_torchrun_workers(tmp_path):
+    """`dvc queue kill` sends SIGTERM to the stage command: its workers must not live on
+    (holding GPUs whose locks died with the stage)."""
+    stage, processes = start_stage(tmp_path)
+    try:
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(timeout=60) != 0
+        assert gone(processes[1:], timeout=30)  # the workers (processes[0] is torchrun)
+    finally:
+        _cleanup(stage, processes)
+
+
 def test_a_killed_stage_takes_torchrun_and_its_workers_with_it(tmp_path):
     """SIGKILL cannot be forwarded: the parent-death signal ends torchrun, and then its workers."""
     stage, processes = start_stage(tmp_path)

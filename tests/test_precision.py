@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -200,53 +199,6 @@ if rank == "1":  # fail only once rank 0 has written: else torchrun may stop ran
         time.sleep(0.05)
 raise SystemExit(3 if rank == "1" else 0)
 """
-
-
-SLEEPING_STAGE = """
-import os, sys, time
-from pathlib import Path
-from mobileast.launch import prepare
-status = prepare(2, __spec__.name)
-if status is not None:
-    raise SystemExit(status)
-Path(sys.argv[1], f"worker{os.getpid()}").touch()
-time.sleep(120)
-"""
-
-
-def test_sigterm_to_the_stage_stops_its_torchrun_workers(tmp_path):
-    """`dvc queue kill` sends SIGTERM to the stage command: its workers must not live on
-    (holding GPUs whose locks died with the stage)."""
-    (tmp_path / "sleeping_stage.py").write_text(SLEEPING_STAGE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes, GPU or not
-    stage = subprocess.Popen([sys.executable, "-m", "sleeping_stage", str(tmp_path)], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(workers := [int(p.name[6:]) for p in tmp_path.glob("worker*")]) < 2:
-            assert time.monotonic() < deadline and stage.poll() is None, "the workers did not start"
-            time.sleep(0.2)
-        stage.send_signal(signal.SIGTERM)
-        assert stage.wait(timeout=60) != 0
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(_alive(pid) for pid in workers)
-    finally:
-        stage.kill()
-        for pid in [int(p.name[6:]) for p in tmp_path.glob("worker*")]:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie (exited, not yet reaped) is not alive
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
