@@ -24,10 +24,10 @@ from torch import Tensor
 from mobileast.data.audio import AudioReader, resample
 from mobileast.errors import ParamsError
 from mobileast.labels import DEVICES
-from mobileast.schema import augmentations
+from mobileast.schema import AUGMENT
 
 # Keys of each params.yaml `augment:` section (all required, nothing else allowed): the schema's.
-SECTIONS = {name: set(keys) for name, keys in augmentations().items()}
+SECTIONS = {name: set(keys) for name, keys in AUGMENT.items()}
 
 
 @dataclass(frozen=True)

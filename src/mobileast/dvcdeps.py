@@ -78,7 +78,7 @@ def expected(root: Path) -> list[Stage]:
         module = stage_module(name, definition)
         keys = declared_params(module_file(module, root))
         params = [{WHOLE_FILE: None}] if keys is None else list(keys)
-        stages.append(Stage(name, module, sorted(code_closure(module, root, tuple(UNTRACKED_CODE))), params))
+        stages.append(Stage(name, module, sorted(code_closure(module, root)), params))
     return stages
 
 

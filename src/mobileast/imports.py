@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 # Imported by stages but no dependency of any: what they do cannot change a stage's outputs.
 UNTRACKED_CODE = {
@@ -57,10 +57,11 @@ def _modules_imported_by(source: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def code_closure(module: str, root: Path, untracked: Sequence[str] = ()) -> set[str]:
+def code_closure(module: str, root: Path, untracked: Iterable[str] = tuple(UNTRACKED_CODE)) -> set[str]:
     """Project source files (relative to `root`) a module runs: itself, its imports,
     recursively, with the parent packages' __init__.py files that Python executes on the
-    way; a file of `untracked` is left out and its imports are not followed."""
+    way; a file of `untracked` (default: UNTRACKED_CODE, as dvc.yaml and the resume key
+    count a stage's code) is left out and its imports are not followed."""
     seen: set[str] = set()
     todo = [module]
     while todo:

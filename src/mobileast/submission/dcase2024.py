@@ -16,12 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from mobileast.data.store import SPLITS
 from mobileast.errors import InputError
 from mobileast.files import write_json
+from mobileast.params import flatten
 from mobileast.submission import common
 from mobileast.submission.common import FILL_IN, Model
 
-SPLITS = (5, 10, 25, 50, 100)
 SPLIT_KEY = "data.split"  # the params key that selects the split: differs by design
 HEADER = ("DCASE2024 Task 1 system information, written by `python -m mobileast submit --format 2024`\n"
           "from the split models and the pipeline's params. Replace every FILL IN before submitting.")
@@ -46,19 +47,9 @@ def parse_split_models(specs: list[str]) -> dict[int, Path]:
     return dict(sorted(models.items()))
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def differences(values: Mapping[int, Mapping[str, Any]], ignore: tuple[str, ...] = ()) -> dict[str, dict[int, Any]]:
     """{dotted key: {split: value}} of the keys whose values differ between the splits' trees."""
-    flat = {split: _flat(tree) for split, tree in values.items()}
+    flat = {split: flatten(tree) for split, tree in values.items()}
     keys = sorted({k for tree in flat.values() for k in tree} - set(ignore))
     return {k: {s: tree.get(k) for s, tree in flat.items()} for k in keys
             if len({repr(tree.get(k)) for tree in flat.values()}) > 1}

@@ -31,6 +31,7 @@ from mobileast.errors import InputError
 from mobileast.files import atomic_output, write_json
 from mobileast.labels import DEVICES
 from mobileast.metrics import device_order
+from mobileast.routing import GENERAL, model_of_device
 from mobileast.submission import common
 from mobileast.submission.common import Model
 
@@ -85,7 +86,7 @@ def write(general_path: Path, device_paths: Mapping[str, Path], out_dir: Path, l
     general = _deployed(common.load(general_path))
     devices = {d: _deployed(common.load(p)) for d, p in device_paths.items()}
     _same_inputs(general, devices)
-    files = {"general": general, **devices}
+    files = {GENERAL: general, **devices}
     engines = {m.meta.quant_engine for m in files.values() if m.meta.quant_engine}
     if len(engines) > 1:
         raise InputError(f"the TorchScript models were quantized for different engines {sorted(engines)}: "
@@ -101,7 +102,8 @@ def write(general_path: Path, device_paths: Mapping[str, Path], out_dir: Path, l
     complexities = {key: common.model_complexity(m) for key, m in files.items()}
     for key, complexity in complexities.items():
         write_json(resources / f"{key}.complexity.json", {**complexity, "model": names[key]})
-    routed = {d: complexities[d if d in devices else "general"] for d in device_order([*DEVICES, *devices])}
+    routed = {d: complexities[model] for d, model in model_of_device(device_order([*DEVICES, *devices]),
+                                                                      list(devices)).items()}
     write_json(resources / "complexity.json", {
         "per_device": {d: {"MACs": c["macs"], "Params": c["params"], "param_memory_bytes": c["param_memory_bytes"]}
                        for d, c in routed.items()},
@@ -113,7 +115,7 @@ def write(general_path: Path, device_paths: Mapping[str, Path], out_dir: Path, l
         write_frontend(general, resources / frontend)
     write_json(resources / "routing.json", {
         "classes": list(general.meta.classes), "sample_rate": general.meta.sample_rate, "frontend": frontend,
-        "quant_engine": next(iter(engines), None), "general": names["general"],
+        "quant_engine": next(iter(engines), None), "general": names[GENERAL],
         "devices": {d: names[d] for d in devices}})
     shutil.copyfile(MODULE_SOURCE, package / f"{label}.py")
     (package / "__init__.py").write_text(f'"""DCASE2025 Task 1 inference package {package.name}."""\n')

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mobileast.imports import UNTRACKED_CODE, code_closure
+from mobileast.imports import code_closure
 from mobileast.deploy import ModelMeta
 from mobileast.files import atomic_output, project_root
 from mobileast.training.distributed import Runtime
@@ -100,7 +100,7 @@ def stage_code(module: str) -> list[Path]:
     """The code files whose change makes a stage's resume checkpoint stale: the stage
     module's import closure, exactly the code deps dvc.yaml lists for it (mobileast.imports)."""
     root = project_root()
-    return [root / name for name in sorted(code_closure(module, root, tuple(UNTRACKED_CODE)))]
+    return [root / name for name in sorted(code_closure(module, root))]
 
 
 def fingerprint(settings: TrainSettings, meta: Mapping[str, Any], key: Mapping[str, Any] | None) -> str:
