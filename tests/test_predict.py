@@ -109,14 +109,14 @@ def test_absurd_sample_rate_and_batch_size_are_refused(tmp_path, model_path, cap
 def test_out_of_memory_on_one_file_does_not_stop_the_others(tmp_path, model_path, capsys, monkeypatch):
     sf.write(tmp_path / "a.wav", tone(1.0, RATE), RATE)
     sf.write(tmp_path / "b.wav", tone(1.0, RATE), RATE)
-    real = predict.predict_file
+    real = predict.file_logits
 
-    def predict_file(path, *args):
-        if path.endswith("a.wav"):
+    def file_logits(path, *args):
+        if str(path).endswith("a.wav"):
             raise MemoryError
         return real(path, *args)
 
-    monkeypatch.setattr(predict, "predict_file", predict_file)
+    monkeypatch.setattr(predict, "file_logits", file_logits)
     assert predict.main(["--model", str(model_path), "--json", str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]) == 1
     captured = capsys.readouterr()
     assert captured.err.strip() == f"error: {tmp_path / 'a.wav'}: out of memory"

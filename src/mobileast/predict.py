@@ -115,8 +115,13 @@ def file_logits(path: str | Path, model: nn.Module, frontend: nn.Module, meta: M
 
 def predict_file(path: str | Path, model: nn.Module, frontend: nn.Module, meta: ModelMeta,
                  batch_size: int = 64) -> dict[str, Any]:
-    """Scene prediction of one audio file: file-level and per-clip labels and probabilities."""
-    result = file_logits(path, model, frontend, meta, batch_size)
+    """Scene prediction of one audio file: file-level and per-clip labels and probabilities.
+    A file the host runs out of memory on is a ValueError naming it, as an unreadable one is,
+    so that a caller skips it and goes on with the others."""
+    try:
+        result = file_logits(path, model, frontend, meta, batch_size)
+    except MemoryError:
+        raise ValueError(f"{path}: out of memory") from None
     rate, n = meta.sample_rate, result.samples
     probs = torch.softmax(result.logits.double(), dim=1).numpy()
     classes = list(meta.classes)
@@ -179,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.files:
         try:
             result = predict_file(path, model, frontend, meta, args.batch_size)
-        except (FileNotFoundError, ValueError, MemoryError) as e:
-            message = f"{path}: out of memory" if isinstance(e, MemoryError) else str(e)
+        except (FileNotFoundError, ValueError) as e:
+            message = str(e)
             print(f"error: {message}", file=sys.stderr)
             results.append({"file": path, "error": message})
             continue

@@ -75,8 +75,8 @@ def classify(model: Model, audio_dir: Path, batch_size: int) -> tuple[list[dict[
         name = path.relative_to(audio_dir.parent).as_posix()
         try:
             result = predict_file(path, model.module, frontend, model.meta, batch_size)
-        except (FileNotFoundError, ValueError, MemoryError) as error:
-            reason = f"{path}: out of memory" if isinstance(error, MemoryError) else str(error)
+        except (FileNotFoundError, ValueError) as error:
+            reason = str(error)
             bad.append({"filename": name, "reason": reason})
             print(f"error: {reason}", file=sys.stderr)
             continue
